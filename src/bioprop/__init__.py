@@ -1,0 +1,23 @@
+"""bioprop: biologically-motivated learning rules at scale.
+
+The Python API mirrors the command line::
+
+    import bioprop
+    from bioprop.data import DataConfig
+
+    model = bioprop.create_model("mnist-fc")              # any registered network
+    rule = bioprop.create_rule("fa", model, seed=0)       # any registered rule wraps any model
+    config = bioprop.TrainConfig(data=DataConfig("mnist"), model="mnist-fc", rule="fa", epochs=20)
+    result = bioprop.train(config, out="runs/fa")         # -> {"rule", "metrics", "summary"}
+"""
+
+from bioprop.data import DataConfig, load_data
+from bioprop.errors import BiopropError
+from bioprop.models import create_model, list_models
+from bioprop.rules import create_rule, list_rules
+from bioprop.training import AdamConfig, TrainConfig, Trainer, evaluate, train
+
+__version__ = "0.1.0"
+
+__all__ = ["AdamConfig", "BiopropError", "DataConfig", "TrainConfig", "Trainer", "create_model", "create_rule",
+           "evaluate", "list_models", "list_rules", "load_data", "train"]

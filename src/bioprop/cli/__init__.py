@@ -1,0 +1,40 @@
+"""``bioprop`` command line: one sub-command per module, each adding its own parser.
+
+A :class:`~bioprop.errors.BiopropError` anywhere becomes ``bioprop: error: ...`` on stderr and
+exit status 2, before any training starts where the error is in the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bioprop.cli import data, info, presets, report, reproduce, search, train
+from bioprop.errors import BiopropError
+
+COMMANDS = [train, data, info, presets, reproduce, report, search]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bioprop", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except BiopropError as error:
+        print(f"bioprop: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bioprop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""``bioprop models`` and ``bioprop rules``: what is registered."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+
+import torch
+
+from bioprop.models import create_model, list_models
+from bioprop.rules import RULES
+
+
+def add_parser(subparsers) -> None:
+    models = subparsers.add_parser("models", help="list the registered networks")
+    models.set_defaults(func=show_models)
+    rules = subparsers.add_parser("rules", help="list the registered learning rules and their options")
+    rules.set_defaults(func=show_rules)
+
+
+def show_models(args) -> int:
+    print(f"{'model':<14} {'input':<14} {'classes':>7} {'weights':>12}  layers")
+    for name in list_models():
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            model = create_model(name)
+        layers = " -> ".join(type(layer).__name__.replace("LocallyConnected2d", "LC") for layer in model.layers)
+        shape = "x".join(map(str, model.input_shape))
+        print(f"{name:<14} {shape:<14} {model.num_classes:>7} {model.num_weights():>12,}  {layers}")
+    return 0
+
+
+def show_rules(args) -> int:
+    for name in RULES.names():
+        rule_class = RULES.get(name)
+        summary = inspect.getdoc(sys.modules[rule_class.__module__]) or ""
+        print(f"{name:<9} {summary.splitlines()[0] if summary else ''}")
+        for option in dataclasses.fields(rule_class.Options):
+            print(f"{'':<9}   --{option.name.replace('_', '-')} (default {option.default!r}) "
+                  f"{option.metadata.get('help', '')}")
+    return 0

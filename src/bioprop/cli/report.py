@@ -1,0 +1,28 @@
+"""``bioprop report``: Markdown tables (ours vs the paper) and PNG plots from a runs folder."""
+
+from __future__ import annotations
+
+from bioprop.experiments.report import write_report
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("report", help="write report.md + PNGs from a `bioprop reproduce` folder")
+    parser.add_argument("source", help="the --out folder of `bioprop reproduce` (or an exported report folder)")
+    parser.add_argument("--out", help="write the report here instead (with compact per-run JSON, no checkpoints: "
+                        "small enough to commit, e.g. docs/results/mnist)")
+    parser.add_argument("--study", action="append", metavar="DB_OR_URL",
+                        help="an Optuna storage (search.db path or URL) whose studies get Figure 5 histograms; "
+                        "repeatable (default: SOURCE/search*.db and SOURCE/*/search.db)")
+    parser.add_argument("--title", help="the report's title")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    command = ["report", args.source] + (["--out", args.out] if args.out else [])
+    for study in args.study or []:
+        command += ["--study", study]
+    if args.title:
+        command += ["--title", args.title]
+    path = write_report(args.source, args.out, studies=args.study, title=args.title, command=command)
+    print(f"report: {path}")
+    return 0

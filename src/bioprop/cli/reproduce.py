@@ -1,0 +1,74 @@
+"""``bioprop reproduce``: every cell of a table (or named presets) x seeds, then the report."""
+
+from __future__ import annotations
+
+from bioprop.experiments.reproduce import (EpochBudget, parse_int_list, plan_runs, record_command, reproduce,
+                                           run_state)
+from bioprop.experiments.report import write_report
+from bioprop.presets import GROUPS, select_presets
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reproduce", help="run table cells x seeds (resuming what is done) and write the report",
+        description="Run every cell of a table (or the named presets) with several seeds into OUT/<preset>/seed<k>/, "
+                    "skipping finished runs and resuming partial ones, then write OUT/report.md. Groups: "
+                    + "; ".join(f"{k}: {v}" for k, v in GROUPS.items()))
+    parser.add_argument("targets", nargs="+", metavar="GROUP_OR_PRESET",
+                        help="mnist, fashion-mnist, cifar10, imagenet, preset names or globs ('mnist-fc-*')")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--epochs", action="append", metavar="N|PATTERN=N",
+                        help="epoch budget (default: the preset's, 500); repeat or comma-separate PATTERN=N for "
+                        "per-cell budgets, e.g. --epochs 40 --epochs lc=15")
+    parser.add_argument("--out", required=True, help="runs folder (e.g. runs/mnist)")
+    parser.add_argument("--data-dir", help="data folder (see `bioprop train --help`)")
+    parser.add_argument("--limit-batches", type=int, help="train on at most this many batches per epoch (smoke runs)")
+    parser.add_argument("--limit-eval-batches", type=int, help="evaluate at most this many batches per split")
+    parser.add_argument("--aux-sweep", metavar="SIZES",
+                        help="also run every AO-SDTP preset with these auxiliary output sizes, e.g. 0,128,512,1024 "
+                             "(Figure 4)")
+    parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")
+    parser.add_argument("--report-out", help="also write the report (with compact run JSON) to this folder")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars and no per-epoch lines")
+    parser.set_defaults(func=run)
+
+
+def canonical_command(args) -> list[str]:
+    """The command line, rebuilt from the parsed flags (for the report's "Commands" section)."""
+    argv = ["reproduce", *args.targets, "--seeds", str(args.seeds)]
+    for value in args.epochs or []:
+        argv += ["--epochs", value]
+    argv += ["--out", str(args.out)]
+    for flag in ("data_dir", "limit_batches", "limit_eval_batches", "aux_sweep", "device", "report_out"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.jobs != 1:
+        argv += ["--jobs", str(args.jobs)]
+    if args.no_progress:
+        argv.append("--no-progress")
+    return argv
+
+
+def run(args) -> int:
+    presets = select_presets(args.targets)
+    specs = plan_runs(presets, seeds=args.seeds, epochs=EpochBudget.parse(args.epochs),
+                      aux_sweep=parse_int_list(args.aux_sweep, "--aux-sweep"), data_dir=args.data_dir,
+                      limit_batches=args.limit_batches, limit_eval_batches=args.limit_eval_batches,
+                      device=args.device)
+    if args.dry_run:
+        for spec in specs:
+            state, done = run_state(spec.path(args.out), spec.config.epochs)
+            print(f"{spec.tag:<48} {state:<8} {done}/{spec.config.epochs} epochs  {spec.config.rule} "
+                  f"{spec.config.model}")
+        return 0
+    record_command(args.out, canonical_command(args))
+    outcome = reproduce(specs, args.out, jobs=args.jobs, progress=not args.no_progress,
+                        echo_epochs=not args.no_progress)
+    if not args.no_report:
+        print(f"report: {write_report(args.out)}")
+        if args.report_out:
+            print(f"report: {write_report(args.out, args.report_out)}")
+    return 1 if outcome["failed"] else 0

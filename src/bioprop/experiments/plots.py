@@ -1,0 +1,132 @@
+"""The report's figures (matplotlib, Agg backend, PNG): learning curves as in the paper's
+Figures 2, 3 and 8, the AO-SDTP auxiliary-size sweep (Figure 4) and the random-search
+histograms (Figure 5)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bioprop.experiments.runs import Run, mean_curve, stat  # noqa: E402
+from bioprop.presets.paper import METHODS  # noqa: E402
+
+COLORS = dict(zip(METHODS, plt.get_cmap("tab10").colors))
+
+
+def _color(method: str):
+    return COLORS.get(method, "black")
+
+
+def _upper(values: list[float], floor: float = 5.0) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return 100.0
+    return min(100.0, max(floor, 2.0 * sorted(values)[len(values) // 2] + 1.0, 1.15 * min(values)))
+
+
+def learning_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: str, top5: bool = False) -> Path:
+    """One panel, all cells of one (dataset, architecture): mean over seeds of the train error
+    (dashed) and test error (solid), as in Figures 2 and 8; ImageNet (``top5``): top-1 test
+    solid, top-5 test dotted, as in Figure 3. ``cells`` = (method key, label, runs)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    bests = []
+    for method, label, runs in cells:
+        color = _color(method)
+        epochs, test = mean_curve(runs, "test_error")
+        ax.plot(epochs, test, "-", color=color, label=label, lw=1.6)
+        if top5:
+            e5, t5 = mean_curve(runs, "test_top5_error")
+            if e5:
+                ax.plot(e5, t5, ":", color=color, lw=1.4)
+        else:
+            e_tr, train = mean_curve(runs, "train_error")
+            ax.plot(e_tr, train, "--", color=color, lw=1.1, alpha=0.9)
+        bests.append(stat(runs, "best_test_error").mean)
+    ax.set_ylim(0, 100.0 if top5 else _upper(bests))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    style = "top-1 test solid, top-5 test dotted" if top5 else "test solid, train dashed"
+    ax.set_title(f"{title} ({style}; mean over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cell_grid(cells: list[tuple[str, str, list[Run]]], path: Path, title: str) -> Path:
+    """Small multiples, one panel per cell: every seed's train (dashed), validation (dotted) and
+    test (solid) error."""
+    n = len(cells)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    for ax, (method, label, runs) in zip(axes.flat, cells):
+        color = _color(method)
+        values = []
+        for run in runs:
+            epochs = [row["epoch"] for row in run.metrics]
+            for key, style, width in (("train_error", "--", 0.9), ("val_error", ":", 0.9), ("test_error", "-", 1.2)):
+                ys = [row.get(key) for row in run.metrics]
+                if any(y is not None for y in ys):
+                    ax.plot(epochs, [y if y is not None else float("nan") for y in ys], style, color=color,
+                            lw=width, alpha=0.85)
+            values.append(min(row["test_error"] for row in run.metrics))
+        ax.set_ylim(0, _upper(values, floor=2.0))
+        ax.set_title(f"{label} ({len(runs)} seeds)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: every seed; train dashed, validation dotted, test solid", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def aux_sweep(series: list[tuple[str, list[tuple[int, float, float | None]]]], path: Path, title: str) -> Path:
+    """Figure 4: test error against the number of auxiliary output units.
+    ``series`` = (label, [(aux_units, mean, std)])."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in series:
+        points = sorted(points)
+        xs = [p[0] for p in points]
+        ys = [p[1] for p in points]
+        errs = [p[2] or 0.0 for p in points]
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
+    ax.set_xlabel("auxiliary output units")
+    ax.set_ylabel("test error at best validation epoch (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def search_histograms(studies: list[tuple[str, list[float]]], path: Path, quantity: str) -> Path:
+    """Figure 5: histograms of the best accuracy reached by each configuration of a study."""
+    n = len(studies)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (name, values) in zip(axes.flat, studies):
+        ax.hist(values, bins=min(20, max(5, len(values) // 2)), range=(0, 100), color="tab:blue", alpha=0.8)
+        ax.set_title(f"{name} ({len(values)} configurations)", fontsize=9)
+        ax.set_xlabel(quantity, fontsize=8)
+        ax.set_ylabel("configurations", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,288 @@
+"""Run table cells x seeds into one folder, resuming whatever is already there.
+
+Layout of an output folder ``DIR``::
+
+    DIR/reproduce.json                 commands that produced it (for the report)
+    DIR/<run>/spec.json                preset name and variant (e.g. {"aux_units": 128})
+    DIR/<run>/seed<k>/                 one training run: config.json, metrics.jsonl,
+                                       results.json, checkpoint.pt, train.log
+
+``<run>`` is the preset name, or ``<preset>.aux-<n>`` for the AO-SDTP auxiliary-size sweep.
+A run whose metrics already cover the epoch budget is skipped; a run with a checkpoint resumes
+from it (so raising ``--epochs`` later extends finished runs); anything else starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+from bioprop.errors import BiopropError
+from bioprop.presets import Preset, select_presets
+from bioprop.training import TrainConfig
+from bioprop.training.checkpoint import save_json
+
+SPEC = "spec.json"
+RECORD = "reproduce.json"
+
+
+# -- epoch budgets -----------------------------------------------------------------------------
+
+
+@dataclass
+class EpochBudget:
+    """``--epochs 40 --epochs lc=15``: a default and per-pattern budgets (last match wins).
+
+    A pattern is a dash-separated part of the preset name (``lc``, ``fc-dtp``, ``cifar``) or a
+    glob (``mnist-lc-*``). ``default=None`` keeps each preset's own budget (the paper's 500).
+    """
+
+    default: int | None = None
+    rules: list[tuple[str, int]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, values: list[str] | int | None) -> "EpochBudget":
+        budget = cls()
+        if values is None:
+            return budget
+        if isinstance(values, int):
+            values = [str(values)]
+        for value in values:
+            for part in str(value).split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                key, _, number = part.rpartition("=")
+                try:
+                    epochs = int(number)
+                except ValueError:
+                    raise BiopropError(f"--epochs {part!r}: expected N or PATTERN=N (e.g. 40, lc=15)") from None
+                if epochs < 1:
+                    raise BiopropError(f"--epochs {part!r}: the number of epochs must be >= 1")
+                if key:
+                    budget.rules.append((key, epochs))
+                else:
+                    budget.default = epochs
+        return budget
+
+    def for_preset(self, name: str) -> int | None:
+        import fnmatch
+
+        chosen = self.default
+        for pattern, epochs in self.rules:
+            if any(ch in pattern for ch in "*?[") and fnmatch.fnmatch(name, pattern) \
+                    or f"-{pattern}-" in f"-{name}-":
+                chosen = epochs
+        return chosen
+
+    def describe(self) -> str:
+        parts = [f"{self.default}" if self.default is not None else "preset default (500)"]
+        parts += [f"{pattern}={epochs}" for pattern, epochs in self.rules]
+        return ", ".join(parts)
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSpec:
+    """One training run of the plan."""
+
+    preset: str
+    folder: str  # <run> above
+    seed: int
+    config: TrainConfig
+    variant: dict = field(default_factory=dict)
+
+    def path(self, root: Path) -> Path:
+        return Path(root) / self.folder / f"seed{self.seed}"
+
+    @property
+    def tag(self) -> str:
+        return f"{self.folder} seed{self.seed}"
+
+
+def parse_int_list(text: str | None, what: str) -> list[int]:
+    if text is None or text == "":
+        return []
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip() != ""]
+    except ValueError:
+        raise BiopropError(f"{what} {text!r}: expected comma-separated integers, e.g. 0,128,512,1024") from None
+    if any(v < 0 for v in values):
+        raise BiopropError(f"{what} {text!r}: sizes must be >= 0")
+    return values
+
+
+def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBudget | None = None,
+              aux_sweep: list[int] | None = None, **overrides) -> list[RunSpec]:
+    """Every (preset or sweep variant) x seed, seed-major so that early results cover every cell.
+
+    ``overrides`` are TrainConfig fields (``limit_batches``, ``device``) or ``data_dir``.
+    ``aux_sweep`` adds, for every AO-SDTP preset, one variant per auxiliary size (the preset's
+    own size is the plain run).
+    """
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise BiopropError(f"--seeds {seeds}: expected a positive number of seeds")
+        seeds = list(range(seeds))
+    epochs = epochs or EpochBudget()
+    data_dir = overrides.pop("data_dir", None)
+    variants: list[tuple[Preset, str, dict]] = []
+    for preset in presets:
+        variants.append((preset, preset.name, {}))
+        if aux_sweep and preset.rule == "ao-sdtp":
+            own = preset.config().rule_options.get("aux_units")
+            for size in aux_sweep:
+                if size != own:
+                    variants.append((preset, f"{preset.name}.aux-{size}", {"aux_units": size}))
+    if aux_sweep and not any(p.rule == "ao-sdtp" for p in presets):
+        raise BiopropError("--aux-sweep needs at least one AO-SDTP preset (e.g. cifar10 or 'cifar-*-ao-sdtp-*')")
+    specs = []
+    for seed in seeds:
+        for preset, folder, variant in variants:
+            config = preset.config(seed=seed, **{k: v for k, v in overrides.items() if v is not None})
+            budget = epochs.for_preset(preset.name)
+            if budget is not None:
+                config.epochs = budget
+            if data_dir is not None:
+                config.data.data_dir = str(data_dir)
+            apply_variant(config, variant)
+            config.validate()
+            specs.append(RunSpec(preset.name, folder, seed, config, variant))
+    return specs
+
+
+def apply_variant(config: TrainConfig, variant: dict) -> None:
+    """Applies a sweep variant to a config; ``aux_units = 0`` is AO-SDTP without auxiliary units,
+    i.e. SDTP with the same settings."""
+    variant = dict(variant)
+    if variant.get("aux_units") == 0 and config.rule == "ao-sdtp":
+        config.rule = "sdtp"
+        config.rule_options.pop("aux_units", None)
+        variant.pop("aux_units")
+    config.rule_options.update(variant)
+
+
+def run_state(path: Path, epochs: int) -> tuple[str, int]:
+    """("done" | "partial" | "new", epochs done) for the run folder ``path``."""
+    metrics = path / "metrics.jsonl"
+    done = 0
+    if metrics.exists():
+        done = sum(1 for line in metrics.read_text().splitlines() if line.strip())
+    if (path / "checkpoint.pt").exists():
+        return ("done" if done >= epochs else "partial"), done
+    if done >= epochs and (path / "results.json").exists():  # exported or checkpoint removed
+        return "done", done
+    return "new", done
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def _execute(spec_dict: dict, root: str, progress: bool, threads: int | None, echo: bool) -> dict:
+    """Trains one run (in this process or a worker process); returns its summary."""
+    import torch
+
+    from bioprop.training import Trainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = TrainConfig.from_dict(spec_dict["config"])
+    path = Path(root) / spec_dict["folder"] / f"seed{config.seed}"
+    path.mkdir(parents=True, exist_ok=True)
+    state, _ = run_state(path, config.epochs)
+    tag = f"{spec_dict['folder']} seed{config.seed}"
+    with open(path / "train.log", "a") as log_file:
+        def log(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+            if echo:
+                print(f"[{tag}] {line}", flush=True)
+
+        started = time.time()
+        trainer = Trainer(config, out=path, resume=state == "partial", progress=progress, log=log)
+        trainer.fit()
+    from bioprop.training import summarize
+
+    return {"tag": tag, "summary": summarize(trainer.metrics), "seconds": time.time() - started}
+
+
+def write_spec(root: Path, spec: RunSpec) -> None:
+    target = Path(root) / spec.folder / SPEC
+    if not target.exists():
+        save_json({"preset": spec.preset, "variant": spec.variant}, target)
+
+
+def record_command(root: Path, argv: list[str] | None) -> None:
+    """Remember the command line in ``DIR/reproduce.json`` (shown by the report)."""
+    if not argv:
+        return
+    path = Path(root) / RECORD
+    record = json.loads(path.read_text()) if path.exists() else {"commands": []}
+    command = "bioprop " + " ".join(shlex.quote(a) for a in argv)
+    if command not in record["commands"]:
+        record["commands"].append(command)
+    save_json(record, path)
+
+
+def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bool = False,
+              log: Callable[[str], None] = print, echo_epochs: bool = True) -> dict[str, list[RunSpec]]:
+    """Runs every spec not done yet; returns {"skipped": [...], "ran": [...], "failed": [...]}."""
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    if jobs < 1:
+        raise BiopropError(f"--jobs {jobs}: expected a positive number of parallel runs")
+    todo, skipped = [], []
+    for spec in specs:
+        write_spec(root, spec)
+        state, done = run_state(spec.path(root), spec.config.epochs)
+        if state == "done":
+            skipped.append(spec)
+        else:
+            todo.append(spec)
+            log(f"{'resume' if state == 'partial' else 'start '} {spec.tag}: "
+                f"{done}/{spec.config.epochs} epochs done")
+    log(f"{len(specs)} runs: {len(skipped)} already done, {len(todo)} to run, {jobs} at a time")
+    ran, failed = [], []
+
+    def finished(spec: RunSpec, result: dict) -> None:
+        s = result["summary"]
+        honest = s.get("test_error_at_best_val")
+        log(f"done   {spec.tag}: {s.get('epochs')} epochs in {result['seconds']:.0f}s, best test "
+            f"{s.get('best_test_error', float('nan')):.2f}%"
+            + (f", test at best val {honest:.2f}%" if honest is not None else ""))
+        ran.append(spec)
+
+    if jobs == 1:
+        for spec in todo:
+            result = _execute({"folder": spec.folder, "config": spec.config.to_dict()}, str(root),
+                              progress, None, echo_epochs)
+            finished(spec, result)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_execute, {"folder": s.folder, "config": s.config.to_dict()}, str(root),
+                                   False, threads, False): s for s in todo}
+            for future in as_completed(futures):
+                spec = futures[future]
+                try:
+                    finished(spec, future.result())
+                except BiopropError:
+                    raise
+                except Exception as error:  # one broken run must not lose the others
+                    failed.append(spec)
+                    log(f"FAILED {spec.tag}: {type(error).__name__}: {error} (see {spec.path(root)}/train.log)")
+    return {"skipped": skipped, "ran": ran, "failed": failed}
+
+
+def current_argv() -> list[str]:
+    return sys.argv[1:]

@@ -1,0 +1,143 @@
+"""Reading finished (or partial) runs back, and aggregating them over seeds.
+
+Two layouts are read, so that a report can be rebuilt from either:
+
+* a reproduce folder: ``<root>/<run>/spec.json`` and ``<root>/<run>/seed<k>/{config.json,
+  metrics.jsonl}`` (checkpoints are not needed);
+* an exported folder (what ``bioprop report --out`` writes next to the report, small enough to
+  commit): ``<root>/runs/<run>/seed<k>.json`` holding preset, variant, config, summary and
+  every metrics row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bioprop.presets import PRESETS, Preset
+from bioprop.training.checkpoint import save_json
+from bioprop.training.results import summarize
+
+EXPORT = "runs"
+_SEED = re.compile(r"^seed(\d+)$")
+
+
+@dataclass
+class Run:
+    folder: str  # the <run> folder name (preset, or preset.aux-N)
+    preset: str
+    seed: int
+    config: dict
+    metrics: list[dict]
+    variant: dict = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict:
+        return summarize(self.metrics)
+
+    @property
+    def preset_obj(self) -> Preset | None:
+        return PRESETS.get(self.preset) if self.preset in PRESETS else None
+
+    def export(self) -> dict:
+        return {"folder": self.folder, "preset": self.preset, "variant": self.variant, "seed": self.seed,
+                "config": self.config, "summary": self.summary, "metrics": self.metrics}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """Every run with at least one epoch of metrics under ``root`` (either layout)."""
+    root = Path(root)
+    runs: list[Run] = []
+    export = root / EXPORT
+    if export.is_dir():
+        for file in sorted(export.glob("*/seed*.json")):
+            data = json.loads(file.read_text())
+            runs.append(Run(data["folder"], data["preset"], int(data["seed"]), data["config"], data["metrics"],
+                            data.get("variant", {})))
+    for spec_file in sorted(root.glob("*/spec.json")):
+        spec = json.loads(spec_file.read_text())
+        for seed_dir in sorted(spec_file.parent.iterdir()):
+            match = _SEED.match(seed_dir.name)
+            metrics_file = seed_dir / "metrics.jsonl"
+            if not (match and metrics_file.exists()):
+                continue
+            metrics = _read_jsonl(metrics_file)
+            if not metrics:
+                continue
+            config = json.loads((seed_dir / "config.json").read_text()) if (seed_dir / "config.json").exists() else {}
+            runs.append(Run(spec_file.parent.name, spec["preset"], int(match.group(1)), config, metrics,
+                            spec.get("variant", {})))
+    # a folder present in both layouts: the live run folder wins (it may have more epochs)
+    unique: dict[tuple[str, int], Run] = {}
+    for run in runs:
+        unique[(run.folder, run.seed)] = run
+    return sorted(unique.values(), key=lambda r: (r.folder, r.seed))
+
+
+def export_runs(runs: list[Run], out: str | Path) -> list[Path]:
+    """Writes the compact per-run JSON files (no checkpoints) under ``out/runs/``."""
+    paths = []
+    for run in runs:
+        path = Path(out) / EXPORT / run.folder / f"seed{run.seed}.json"
+        save_json(run.export(), path)
+        paths.append(path)
+    return paths
+
+
+# -- aggregation ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stat:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def fmt(self, digits: int = 2) -> str:
+        if not self.values:
+            return "–"
+        if self.std is None:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def stat(runs: list[Run], key: str) -> Stat:
+    values = [run.summary.get(key) for run in runs]
+    return Stat([float(v) for v in values if v is not None and not math.isnan(float(v))])
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.folder, []).append(run)
+    return groups
+
+
+def mean_curve(runs: list[Run], key: str) -> tuple[list[int], list[float]]:
+    """Epochs and the mean of ``key`` over the runs that reached each epoch."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for row in run.metrics:
+            value = row.get(key)
+            if value is not None:
+                by_epoch.setdefault(int(row["epoch"]), []).append(float(value))
+    epochs = sorted(by_epoch)
+    return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]

@@ -1,0 +1,288 @@
+"""``bioprop search``: the paper's random hyperparameter search (Table 4), with Optuna.
+
+Search space (:data:`SPACE`, Bartunov et al. 2018, Table 4):
+
+=======================  ===========================================================
+forward Adam lr          [1e-5, 3e-4], **log-uniform** (the paper does not say; the range
+                         spans 1.5 decades, where uniform sampling would put 90 % of the
+                         draws above 3e-5)
+forward Adam beta1       fixed 0.9
+forward Adam beta2       {0.99, 0.999}
+forward Adam eps         {1e-4, 1e-6, 1e-8}
+inverse Adam (TP rules)  the same four, for the inverse weights
+alpha (DTP)              [0.01, 0.2], uniform
+sigma (TP rules)         [0.01, 0.3], uniform
+=======================  ===========================================================
+
+BP, FA and DFA search the forward Adam settings only. Everything else comes from the preset.
+
+* Objective: the best validation error over the trial's epochs (minimised). Each trial also
+  records its test error at that epoch and its best test error over training (user attributes),
+  which the report's Figure 5 histograms use.
+* Sampling: :class:`TrialSeededRandomSampler`, Optuna's ``RandomSampler`` made deterministic per
+  trial *number*: trial k draws the same configuration whatever worker runs it and however many
+  workers share the study, so a 60-trial study is the same 60 configurations for a seed.
+* Storage: SQLite in ``OUT/search.db`` by default; ``--storage`` takes any SQLAlchemy URL
+  (``postgresql://...``), and every worker started with the same storage and study name joins the
+  same study (``load_if_exists``) until ``--trials`` trials exist in total.
+* Culling (the paper's ImageNet protocol; default ``--cull-after 10`` for ImageNet presets): every
+  trial trains for ``cull_after`` epochs only (phase 1); once all trials are complete, the best
+  trial's run, and only that one, is resumed from its checkpoint to the full ``--epochs`` (phase 2),
+  by whichever worker finishes last (a lock file keeps it to one). The result is stored in the
+  study's user attribute ``continued``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+
+from bioprop.errors import BiopropError
+from bioprop.presets import Preset
+from bioprop.training import AdamConfig, TrainConfig
+
+TP_RULES = ("tp", "dtp", "sdtp", "ao-sdtp")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    lr: tuple[float, float] = (1e-5, 3e-4)  # log-uniform
+    beta1: float = 0.9  # fixed
+    beta2: tuple[float, ...] = (0.99, 0.999)
+    eps: tuple[float, ...] = (1e-4, 1e-6, 1e-8)
+    alpha: tuple[float, float] = (0.01, 0.2)  # uniform, DTP only
+    noise: tuple[float, float] = (0.01, 0.3)  # uniform, TP rules
+
+
+SPACE = SearchSpace()
+
+
+def searched_groups(config: TrainConfig) -> list[str]:
+    return ["forward", "inverse"] if config.rule in TP_RULES else ["forward"]
+
+
+def suggest(trial, base: TrainConfig, space: SearchSpace = SPACE) -> TrainConfig:
+    """``base`` with one configuration of the Table 4 space drawn through ``trial``."""
+    config = TrainConfig.from_dict(base.to_dict())
+    for group in searched_groups(config):
+        config.optimizers[group] = AdamConfig(
+            lr=trial.suggest_float(f"{group}_lr", *space.lr, log=True),
+            beta1=space.beta1,
+            beta2=trial.suggest_categorical(f"{group}_beta2", list(space.beta2)),
+            eps=trial.suggest_categorical(f"{group}_eps", list(space.eps)))
+    if config.rule in TP_RULES:
+        if config.rule == "dtp":
+            config.rule_options["alpha"] = trial.suggest_float("alpha", *space.alpha)
+        config.rule_options["noise"] = trial.suggest_float("noise", *space.noise)
+    return config
+
+
+def _trial_sampler_class():
+    import optuna
+
+    class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
+        """``RandomSampler`` whose draws depend only on (seed, trial number, parameter name)."""
+
+        def __init__(self, seed: int = 0):
+            super().__init__(seed=seed)
+            self.base_seed = int(seed)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            key = f"{self.base_seed}/{trial.number}/{param_name}".encode()
+            seed = int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
+            saved = self._rng
+            self._rng = SimpleNamespace(rng=np.random.RandomState(seed))
+            try:
+                return super().sample_independent(study, trial, param_name, param_distribution)
+            finally:
+                self._rng = saved
+
+    return TrialSeededRandomSampler
+
+
+def storage_for(url: str | None, out: Path):
+    """An Optuna RDB storage: SQLite in ``out/search.db`` by default; waits on locks (many workers)."""
+    import optuna
+
+    if url is None:
+        out.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(out / 'search.db').resolve()}"
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=600)
+    except Exception as error:  # noqa: BLE001 - surface a bad URL as a user error
+        raise BiopropError(f"--storage {url!r} could not be opened: {error}") from None
+
+
+def study_accuracies(study) -> tuple[list[float], list[str]]:
+    """(best test accuracy per complete trial, a Markdown summary row) for the Figure 5 histogram."""
+    import optuna
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    values = [100.0 - float(t.user_attrs.get("best_test_error", t.value)) for t in complete]
+    rows = []
+    if complete:
+        best = min(complete, key=lambda t: t.value)
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        test = best.user_attrs.get("test_error_at_best_val")
+        rows.append(f"| `{study.study_name}` | {len(complete)} | {best.value:.2f} | "
+                    f"{'–' if test is None else f'{test:.2f}'} | {params} |")
+    return values, rows
+
+
+class Search:
+    """One worker of a (possibly shared) study for one preset."""
+
+    def __init__(self, preset: Preset, trials: int = 60, storage: str | None = None, study_name: str | None = None,
+                 epochs: int | None = None, cull_after: int | None = None, out: str | Path | None = None,
+                 seed: int = 0, overrides: dict | None = None, progress: bool = False,
+                 log: Callable[[str], None] = print):
+        if not isinstance(trials, int) or trials < 1:
+            raise BiopropError(f"--trials {trials!r}: expected a positive number of trials")
+        if epochs is not None and epochs < 1:
+            raise BiopropError(f"--epochs {epochs}: expected a positive number")
+        if cull_after is None and preset.dataset == "imagenet":
+            cull_after = 10  # the paper's ImageNet protocol
+        if cull_after is not None and cull_after < 0:
+            raise BiopropError(f"--cull-after {cull_after}: expected >= 0 (0 = no culling)")
+        self.preset = preset
+        self.base = preset.config(**{k: v for k, v in (overrides or {}).items() if k != "data_dir" and v is not None})
+        if (overrides or {}).get("data_dir"):
+            self.base.data.data_dir = str(overrides["data_dir"])
+        if epochs is not None:
+            self.base.epochs = epochs
+        self.cull_after = cull_after if cull_after and cull_after < self.base.epochs else None
+        self.trials = trials
+        self.study_name = study_name or preset.name
+        self.out = Path(out) if out is not None else Path("runs") / "search" / self.study_name
+        self.storage_url = storage
+        self.seed = seed
+        self.progress = progress
+        self.log = log
+        self._data = None
+
+    # -- optuna plumbing --------------------------------------------------------------------
+    def study(self):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = _trial_sampler_class()(seed=self.seed)
+        study = optuna.create_study(study_name=self.study_name, storage=storage_for(self.storage_url, self.out),
+                                    sampler=sampler, direction="minimize", load_if_exists=True)
+        study.set_user_attr("preset", self.preset.name)
+        return study
+
+    def _counted(self, study) -> int:
+        import optuna
+
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING,
+                  optuna.trial.TrialState.WAITING, optuna.trial.TrialState.PRUNED)
+        return len(study.get_trials(deepcopy=False, states=states))
+
+    def trial_dir(self, number: int) -> Path:
+        return self.out / "trials" / f"{self.study_name}-{number:04d}"
+
+    def _data_for(self, config: TrainConfig):
+        if self._data is None:
+            from bioprop.data import load_data
+
+            self._data = load_data(config.data, seed=config.seed)
+        return self._data
+
+    def objective(self, trial) -> float:
+        from bioprop.training import Trainer, summarize
+
+        config = suggest(trial, self.base)
+        phase1 = self.cull_after or config.epochs
+        config.epochs = phase1
+        path = self.trial_dir(trial.number)
+        trial.set_user_attr("run_dir", str(path.resolve()))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("epochs", phase1)
+        started = time.time()
+        trainer = Trainer(config, out=path, progress=self.progress, data=self._data_for(config), log=lambda line: None)
+        trainer.fit()
+        summary = summarize(trainer.metrics)
+        value = summary.get("best_val_error", summary["best_test_error"])
+        for key in ("best_test_error", "test_error_at_best_val", "best_val_epoch", "final_train_error"):
+            if key in summary:
+                trial.set_user_attr(key, summary[key])
+        self.log(f"trial {trial.number}: best val error {value:.2f}% (test {summary.get('test_error_at_best_val', float('nan')):.2f}%) "
+                 f"in {time.time() - started:.0f}s; {trial.params}")
+        return value
+
+    # -- the worker loop ----------------------------------------------------------------------
+    def run(self, continue_only: bool = False) -> dict:
+        import optuna
+
+        study = self.study()
+        failures = 0
+        finished: list = []
+        while not continue_only and self._counted(study) < self.trials:
+            # optimize() (rather than ask/tell) keeps the storage heartbeat, so a trial of a killed
+            # worker is marked failed instead of blocking the study forever
+            study.optimize(self.objective, n_trials=1, catch=(RuntimeError, FloatingPointError),
+                           callbacks=[lambda _study, frozen: finished.append(frozen)])
+            if finished and finished[-1].state == optuna.trial.TrialState.FAIL:
+                failures += 1
+                self.log(f"trial {finished[-1].number} failed: {finished[-1].system_attrs.get('fail_reason', '')}")
+                if failures >= 3:
+                    raise BiopropError(f"{failures} trials in a row failed; see the log above")
+            else:
+                failures = 0
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        result = {"study": self.study_name, "complete": len(complete), "continued": None}
+        if complete:
+            best = min(complete, key=lambda t: t.value)
+            result.update(best_trial=best.number, best_value=best.value, best_params=best.params)
+        if self.cull_after and len(complete) >= self.trials:
+            result["continued"] = self.continue_best(study)
+        return result
+
+    def continue_best(self, study) -> dict | None:
+        """Phase 2 of culling: resume the best trial's run to the full budget (once per study)."""
+        import optuna
+
+        from bioprop.training import Trainer, summarize
+
+        done = study.user_attrs.get("continued")
+        if done and done.get("epochs", 0) >= self.base.epochs:
+            return done
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if running:
+            self.log(f"{len(running)} trial(s) still running elsewhere; the last worker continues the best one")
+            return None
+        best = min(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.value)
+        path = Path(best.user_attrs.get("run_dir", self.trial_dir(best.number)))
+        if not (path / "checkpoint.pt").exists():
+            self.log(f"best trial {best.number}'s run is not on this machine ({path}, host "
+                     f"{best.user_attrs.get('host')}); run `bioprop search ... --continue-best` there")
+            return None
+        lock = path / "continue.lock"
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            self.log(f"another worker is continuing trial {best.number} (lock {lock})")
+            return None
+        try:
+            config = suggest(optuna.trial.FixedTrial(best.params, number=best.number), self.base)
+            self.log(f"culling: continuing only trial {best.number} (best val error {best.value:.2f}% after "
+                     f"{best.user_attrs.get('epochs')} epochs) to {config.epochs} epochs")
+            trainer = Trainer(config, out=path, resume=True, progress=self.progress, data=self._data_for(config),
+                              log=self.log)
+            trainer.fit()
+            summary = summarize(trainer.metrics)
+            record = {"trial": best.number, "epochs": summary["epochs"], "run_dir": str(path), **{
+                k: summary[k] for k in ("best_val_error", "test_error_at_best_val", "best_test_error") if k in summary}}
+            study.set_user_attr("continued", record)
+            return record
+        finally:
+            lock.unlink(missing_ok=True)

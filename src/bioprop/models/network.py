@@ -1,0 +1,100 @@
+"""The one model structure every learning rule understands: a stack of blocks.
+
+A :class:`Block` is ``(optional flatten) -> affine layer -> activation``, where the affine
+layer is an ``nn.Linear``, a :class:`Conv2dSame` or a
+:class:`~bioprop.nn.LocallyConnected2d`. A :class:`Network` is a list of blocks whose last
+block produces the logits (identity activation). Every network of Bartunov et al. (2018)
+has this form (no pooling, no normalisation, tanh between layers), which is what lets a
+learning rule drive the forward pass block by block: feedback alignment swaps the
+backward of each affine layer, DFA cuts the graph between blocks, target propagation
+trains each block on a local loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bioprop.nn import LocallyConnected2d, same_padding
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow's SAME padding (possibly asymmetric) for any stride.
+
+    The padding is applied with ``F.pad`` before an unpadded convolution, so the output is
+    ``ceil(in / stride)`` wide, exactly like the locally-connected twin of the layer.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, in_size: tuple[int, int],
+                 kernel_size: int, stride: int = 1, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
+        self.in_size = tuple(in_size)
+        self.same_pad = same_padding(self.in_size, self.kernel_size, self.stride)  # (top, bottom, left, right)
+        self.out_size = tuple(math.ceil(size / s) for size, s in zip(self.in_size, self.stride))
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom, left, right = self.same_pad
+        return F.pad(x, (left, right, top, bottom)) if any(self.same_pad) else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.pad(x))
+
+
+class Block(nn.Module):
+    """``h = activation(layer(flatten(x)))``; the output block uses no activation (logits)."""
+
+    def __init__(self, layer: nn.Module, activation: str = "tanh", flatten: bool = False):
+        super().__init__()
+        if activation not in ("tanh", "identity"):
+            raise ValueError(f"activation must be 'tanh' or 'identity', got {activation!r}")
+        self.layer = layer
+        self.activation = activation
+        self.flatten = flatten
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input: ``x`` flattened to ``(N, features)`` where the block needs it."""
+        return x.flatten(1) if self.flatten else x
+
+    def activate(self, pre_activation: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(pre_activation) if self.activation == "tanh" else pre_activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.layer(self.prepare(x)))
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}, flatten={self.flatten}"
+
+
+class Network(nn.Module):
+    """A stack of :class:`Block` s mapping ``(N, *input_shape)`` images to ``(N, num_classes)`` logits."""
+
+    def __init__(self, blocks: list[Block], input_shape: tuple[int, int, int], num_classes: int, name: str = ""):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def hidden_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[h_1, ..., h_L]``: the output of every block, logits last."""
+        activations = []
+        for block in self.blocks:
+            x = block(x)
+            activations.append(x)
+        return activations
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [block.layer for block in self.blocks]
+
+    def num_weights(self) -> int:
+        """Number of weights, biases excluded (the count the paper's architecture table uses)."""
+        return sum(layer.weight.numel() for layer in self.layers)

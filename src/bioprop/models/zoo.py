@@ -1,0 +1,108 @@
+"""The networks of Bartunov et al. (2018), Table 3 and Appendix 5.2, by name.
+
+Every network uses tanh between layers, Glorot-uniform initialisation, zero biases, SAME
+padding and strided layers instead of pooling; the output is a linear layer whose logits
+feed a softmax / cross-entropy. Locally-connected layers are written (kernel, channels,
+stride); each ``*-conv`` network is the ``*-lc`` network with weight-shared convolutions
+(the paper's "BP ConvNet" baselines).
+
+=============  ======================================================================
+mnist-fc       FC 256 x5 -> 10                                                (0.47M)
+mnist-lc       LC(3, 32, 2) -> LC(3, 64, 2) -> FC 1024 -> 10                   (4.2M)
+cifar-fc       FC 1024 x3 -> 10                                               (5.25M)
+cifar-lc       LC(5, 64, 2) -> LC(5, 128, 2) -> LC(3, 256, 1) -> FC 1024 -> 10  (50M)
+imagenet-lc    LC(9,48,4) LC(3,48,2) LC(5,96,1) LC(3,96,2) LC(3,192,1) LC(3,192,2)
+               LC(3,384,1) -> 1000                                             (260M)
+=============  ======================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bioprop.models.network import Block, Conv2dSame, Network
+from bioprop.nn import LocallyConnected2d
+from bioprop.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One hidden layer: ``kind`` is "fc", "lc" or "conv"; ``units`` is the width or channel count."""
+
+    kind: str
+    units: int
+    kernel: int = 1
+    stride: int = 1
+
+
+def build_network(name: str, input_shape: tuple[int, int, int], hidden: list[LayerSpec], num_classes: int) -> Network:
+    """Builds blocks for ``hidden`` layers (tanh) plus a linear output layer, with Glorot init."""
+    channels, height, width = input_shape
+    features = None  # set once the activations are flat
+    blocks: list[Block] = []
+    for spec in hidden + [LayerSpec("fc", num_classes)]:
+        is_output = len(blocks) == len(hidden)
+        activation = "identity" if is_output else "tanh"
+        if spec.kind == "fc":
+            flatten = features is None
+            in_features = features if features is not None else channels * height * width
+            layer = nn.Linear(in_features, spec.units)
+            features = spec.units
+        elif spec.kind in ("lc", "conv"):
+            if features is not None:
+                raise ValueError(f"{name}: a {spec.kind} layer cannot follow a fully-connected one")
+            flatten = False
+            if spec.kind == "lc":
+                layer = LocallyConnected2d(channels, spec.units, (height, width), spec.kernel, spec.stride)
+            else:
+                layer = Conv2dSame(channels, spec.units, (height, width), spec.kernel, spec.stride)
+            channels, (height, width) = spec.units, layer.out_size
+        else:
+            raise ValueError(f"{name}: unknown layer kind {spec.kind!r}")
+        glorot_init(layer)
+        blocks.append(Block(layer, activation, flatten))
+    return Network(blocks, input_shape, num_classes, name=name)
+
+
+def glorot_init(layer: nn.Module) -> None:
+    """Glorot & Bengio (2010) uniform weights, zero biases (fan counts include the kernel area)."""
+    if isinstance(layer, LocallyConnected2d):
+        layer.reset_parameters()  # Glorot with the per-location fan-in/fan-out
+        return
+    nn.init.xavier_uniform_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def _register(name: str, input_shape: tuple[int, int, int], hidden: list[LayerSpec], num_classes: int) -> None:
+    MODELS.register(name)(lambda: build_network(name, input_shape, hidden, num_classes))
+
+
+def _lc_twins(prefix: str, input_shape, local: list[tuple[int, int, int]], fc: list[int], num_classes: int) -> None:
+    for kind in ("lc", "conv"):
+        hidden = [LayerSpec(kind, units, kernel, stride) for kernel, units, stride in local]
+        hidden += [LayerSpec("fc", units) for units in fc]
+        _register(f"{prefix}-{kind}", input_shape, hidden, num_classes)
+
+
+_register("mnist-fc", (1, 28, 28), [LayerSpec("fc", 256)] * 5, 10)
+_register("cifar-fc", (3, 32, 32), [LayerSpec("fc", 1024)] * 3, 10)
+_lc_twins("mnist", (1, 28, 28), [(3, 32, 2), (3, 64, 2)], [1024], 10)
+_lc_twins("cifar", (3, 32, 32), [(5, 64, 2), (5, 128, 2), (3, 256, 1)], [1024], 10)
+_lc_twins("imagenet", (3, 224, 224),
+          [(9, 48, 4), (3, 48, 2), (5, 96, 1), (3, 96, 2), (3, 192, 1), (3, 192, 2), (3, 384, 1)], [], 1000)
+
+
+def create_model(name: str) -> Network:
+    """Builds the registered network ``name`` with freshly initialised weights (seed with ``torch.manual_seed``)."""
+    return MODELS.get(name)()
+
+
+def list_models() -> list[str]:
+    return MODELS.names()

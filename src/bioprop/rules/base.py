@@ -1,0 +1,114 @@
+"""The learning-rule interface and its registry.
+
+A learning rule is an ``nn.Module`` that wraps a :class:`~bioprop.models.Network` and owns
+everything the rule adds to it: fixed feedback weights (buffers), learned inverses
+(parameters), auxiliary outputs. Its ``state_dict`` therefore holds the whole learning state
+of a run, which is what checkpoints save and what data-parallel training replicates.
+
+The training loop talks to every rule through four methods and never branches on the rule:
+
+* ``parameter_groups()`` -> ``{"forward": [...], "inverse": [...]}``: each group gets its own
+  optimiser (the paper uses separate Adam settings for forward and inverse weights);
+* ``phases(epoch)``: the groups trained in that epoch (all of them, or one at a time for the
+  alternating schedule of target propagation);
+* ``compute_gradients(x, y, phases)``: fills ``.grad`` of the parameters in ``phases`` for one
+  mini-batch and returns a :class:`StepResult`; the loop then steps the optimisers. Keeping
+  "compute gradients" separate from "apply them" is what lets gradients be all-reduced across
+  processes, compared with backprop's for alignment metrics, or clipped, for any rule;
+* ``forward(x)``: logits for evaluation.
+
+Adding a rule means one new file with a subclass decorated ``@register_rule("name")``,
+options declared as a dataclass in ``Options``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bioprop.errors import BiopropError
+from bioprop.models import Network
+from bioprop.registry import Registry
+
+RULES: Registry = Registry("learning rule")
+
+
+def register_rule(name: str):
+    """Class decorator: registers a :class:`LearningRule` subclass under ``name``."""
+
+    def add(cls):
+        cls.name = name
+        return RULES.register(name)(cls)
+
+    return add
+
+
+@dataclass
+class StepResult:
+    """What one mini-batch step reports: detached loss and logits, plus per-batch diagnostics."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The training objective: softmax cross-entropy, averaged over the batch."""
+    return F.cross_entropy(logits, labels)
+
+
+class LearningRule(nn.Module):
+    """Base class; subclasses override :meth:`compute_gradients` (and more where they add state)."""
+
+    name: ClassVar[str] = ""
+
+    @dataclass
+    class Options:
+        """Rule-specific options (none for the base rule)."""
+
+    def __init__(self, model: Network, options: "LearningRule.Options | None" = None, seed: int = 0):
+        super().__init__()
+        self.model = model
+        self.options = options if options is not None else self.Options()
+        self.seed = seed
+
+    # -- the interface the training loop uses ------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"forward": list(self.model.parameters())}
+
+    def phases(self, epoch: int) -> tuple[str, ...]:
+        """Parameter groups trained during ``epoch`` (0-based); default: all, every batch."""
+        return tuple(self.parameter_groups())
+
+    def compute_gradients(self, x: torch.Tensor, y: torch.Tensor, phases: tuple[str, ...]) -> StepResult:
+        raise NotImplementedError
+
+    # -- helpers -------------------------------------------------------------------------
+    def layer_generator(self, index: int) -> torch.Generator:
+        """A CPU generator seeded from ``(seed, rule name, layer index)``: fixed random weights are
+        reproducible per layer and independent of how many other layers or rules exist."""
+        digest = sum((i + 1) * ord(c) for i, c in enumerate(self.name))
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + digest * 1_009 + index)
+
+
+def create_rule(name: str, model: Network, seed: int = 0, **options) -> LearningRule:
+    """Wraps ``model`` in the registered rule ``name``; ``options`` are the rule's ``Options`` fields."""
+    rule_class = RULES.get(name)
+    known = {f.name for f in dataclasses.fields(rule_class.Options)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise BiopropError(f"rule {name!r} has no option {', '.join(map(repr, unknown))}; its options: {accepted}")
+    return rule_class(model, rule_class.Options(**options), seed=seed)
+
+
+def list_rules() -> list[str]:
+    return RULES.names()

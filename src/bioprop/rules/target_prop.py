@@ -1,0 +1,126 @@
+"""Target propagation: vanilla TP, difference TP (Lee, Zhang, Fischer & Bengio 2015, ECML-PKDD),
+simplified DTP and auxiliary-output SDTP (Bartunov, Santoro, Richards, Marris, Hinton &
+Lillicrap 2018, NeurIPS, §2 and Algorithms 1-2).
+
+Each hidden layer l learns from ½||f_l(h_{l-1}) - ĥ_l||² toward a target ĥ_l; the output layer
+learns from the cross-entropy; each inverse g_l (l >= 2) from a noisy reconstruction loss (see
+:mod:`bioprop.rules.tp_base` for the losses, schedules and diagnostics, and
+:mod:`bioprop.rules.inverses` for the inverses). The rules differ in the targets
+(p = softmax(h_L) are the class probabilities, y* the one-hot label distribution):
+
+``tp``       ĥ_{L-1} = g_L(y*),                       ĥ_l = g_{l+1}(ĥ_{l+1})
+``dtp``      ĥ_{L-1} = h_{L-1} - α dL/dh_{L-1},        ĥ_l = h_l + g_{l+1}(ĥ_{l+1}) - g_{l+1}(h_{l+1})
+             (no inverse of the output layer; L is the cross-entropy *summed* over the batch by
+             default, i.e. the per-example gradient, option ``target_reduction``)
+``sdtp``     ĥ_{L-1} = h_{L-1} - g_L(p) + g_L(y*),      lower layers as DTP
+``ao-sdtp``  ĥ_{L-1} = h_{L-1} - g_L(p, z) + g_L(y*, z), lower layers as DTP,
+             z = tanh(R flatten(h_{L-1})), R fixed random (Glorot-uniform, seeded, a buffer)
+
+Default inverse losses: noise-preserving ||h̃ - g(f(h̃))||² for DTP (as Lee et al.), denoising
+||h - g(f(h̃))||² for SDTP, AO-SDTP and TP (as Bartunov et al.); ``inverse_loss`` overrides.
+Vanilla TP was described but not run by Bartunov et al.; here it uses SDTP's output target and
+output inverse (no gradient anywhere), so every example of a class gets the same target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from bioprop.errors import BiopropError
+from bioprop.rules.base import register_rule
+from bioprop.rules.tp_base import TargetPropagationRule, TPOptions
+
+TARGET_REDUCTIONS = ("sum", "mean")
+
+
+@register_rule("sdtp")
+class SimplifiedDTP(TargetPropagationRule):
+    """SDTP: the base class's defaults (output target = labels, learned output inverse)."""
+
+    Options = TPOptions
+
+
+@register_rule("tp")
+class TargetProp(TargetPropagationRule):
+    """Vanilla TP: targets are the inverses' images of the targets above, without correction."""
+
+    Options = TPOptions
+
+    def penultimate_target(self, h, y):
+        features = self.output_features(h[-2], h[-1])
+        return self.inverse(len(h) - 1)(self.output_target(features, y))
+
+    def propagate_target(self, index, h, target):
+        return self.inverse(index)(target)
+
+
+@register_rule("dtp")
+class DifferenceTargetProp(TargetPropagationRule):
+    """DTP: a one-layer gradient step gives the penultimate target; no inverse of the output layer."""
+
+    @dataclass
+    class Options(TPOptions):
+        alpha: float = field(default=0.15, metadata={
+            "help": "dtp: step size of the penultimate target h_{L-1} - alpha dL/dh_{L-1}"})
+        target_reduction: str = field(default="sum", metadata={
+            "help": "dtp: batch reduction of the cross-entropy L in the penultimate target: 'sum' "
+                    "(per-example gradient) or 'mean' (1/batch of it, as Lee et al.'s code)",
+            "choices": list(TARGET_REDUCTIONS)})
+
+    default_inverse_loss = "noise-preserving"
+    has_output_inverse = False
+
+    def validate_options(self):
+        super().validate_options()
+        o = self.options
+        if not isinstance(o.alpha, (int, float)) or not math.isfinite(o.alpha) or o.alpha <= 0:
+            raise BiopropError(f"alpha must be a finite number > 0, got {o.alpha!r}")
+        if o.target_reduction not in TARGET_REDUCTIONS:
+            raise BiopropError(f"target_reduction must be one of {', '.join(TARGET_REDUCTIONS)}, "
+                               f"got {o.target_reduction!r}")
+
+    def penultimate_target(self, h, y):
+        logits, below = h[-1], h[-2]
+        error = torch.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)  # dL/dlogits
+        scale = self.options.alpha / (logits.shape[0] if self.options.target_reduction == "mean" else 1)
+        gradient = error.mm(self.model.blocks[-1].layer.weight.detach())  # dL/dh_{L-1}: one layer of backprop
+        return below - scale * gradient.reshape(below.shape)
+
+
+@register_rule("ao-sdtp")
+class AuxiliaryOutputSDTP(TargetPropagationRule):
+    """AO-SDTP: the output layer is [o, z] with z fixed random features of h_{L-1}."""
+
+    @dataclass
+    class Options(TPOptions):
+        aux_units: int = field(default=512, metadata={
+            "help": "ao-sdtp: number of auxiliary output units z (fixed random tanh features of h_{L-1})"})
+
+    def __init__(self, model, options=None, seed=0):
+        super().__init__(model, options, seed)
+        units = math.prod(self.shapes[-2])
+        weight = model.blocks[-1].layer.weight
+        bound = math.sqrt(6.0 / (units + self.options.aux_units))
+        sample = torch.rand(self.options.aux_units, units, generator=self.layer_generator(len(model.blocks)),
+                            dtype=weight.dtype)
+        self.register_buffer("aux_weight", ((2 * sample - 1) * bound).to(weight.device))
+
+    def validate_options(self):
+        super().validate_options()
+        units = self.options.aux_units
+        if not isinstance(units, int) or units < 1:
+            raise BiopropError(f"aux_units must be an integer >= 1, got {units!r}")
+
+    def output_feature_count(self):
+        return self.model.num_classes + self.options.aux_units
+
+    def auxiliary(self, penultimate: torch.Tensor) -> torch.Tensor:
+        """z = tanh(R flatten(h_{L-1})), R fixed."""
+        return torch.tanh(penultimate.flatten(1).mm(self.aux_weight.t()))
+
+    def output_features(self, penultimate, logits):
+        return torch.cat([torch.softmax(logits, dim=1), self.auxiliary(penultimate)], dim=1)

@@ -1,0 +1,306 @@
+"""Shared machinery of the target-propagation family (TP, DTP, SDTP, AO-SDTP).
+
+Every rule of the family trains each block on *local* losses only (Bartunov et al. 2018, §2.1):
+
+* forward loss of hidden block l:   ½ ||f_l(h_{l-1}) - ĥ_l||²   (ĥ_l and h_{l-1} held constant);
+* output block L:                    the batch-mean cross-entropy (the delta rule; its input is
+                                     held constant, so no gradient reaches block L-1);
+* inverse loss of block l (l >= 2):  ½ ||r - g_l(f_l(h̃_{l-1}))||²,  h̃_{l-1} = h_{l-1} + σ ε,
+                                     r = h̃_{l-1} (noise-preserving) or h_{l-1} (denoising);
+                                     f_l is evaluated without a graph, so only g_l learns from it.
+
+All squared norms are summed over units and averaged over the batch. The rules differ only in
+the targets ĥ_l (:meth:`TargetPropagationRule.penultimate_target` and
+:meth:`TargetPropagationRule.propagate_target`) and in whether the output block has an inverse.
+
+Implementation (one mini-batch, :meth:`TargetPropagationRule.compute_gradients`):
+
+1. one block-by-block forward pass, each block on its predecessor's *detached* output: it gives
+   every h_l and, at the same time, the one-block graphs of the local forward losses;
+2. the targets, top-down, without a graph (the two inverse calls of a difference correction,
+   g(ĥ) and g(h), run as one call on the concatenated batch);
+3. the inverse losses on noisy copies (f without a graph, g with one);
+4. a single backward call over all local losses: each loss's graph reaches only its own
+   block's (or inverse's) parameters, so the sum gives exactly the local gradients.
+
+Schedules: ``parallel`` trains both parameter groups on every mini-batch; ``alternating``
+trains the inverses for one epoch, then the forward weights for one epoch, and so on (epoch 0
+is an inverse epoch, as in Lee et al.'s DTP code). Only the losses of the groups being trained
+are computed.
+
+Diagnostics (every ``diagnostics_every`` training batches, written per epoch by the trainer):
+``reconstruction_error/layer{l}`` = ||h_{l-1} - g_l(f_l(h_{l-1}))||² / ||h_{l-1}||² over the batch
+(clean, relative), ``inverse_loss/layer{l}`` and ``forward_loss/layer{l}`` (the trained losses), and
+``target_angle/layer{l}``, the mean over examples of the angle (degrees) between the target shift
+ĥ_l - h_l and the negative backprop gradient -dL/dh_l of the batch-mean cross-entropy, computed by
+autograd with the same parameters on the same batch. Layers are numbered from 1 (h_l is the
+output of block l).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bioprop.errors import BiopropError
+from bioprop.rules.base import LearningRule, StepResult, task_loss
+from bioprop.rules.inverses import OutputInverse, build_inverse
+
+SCHEDULES = ("parallel", "alternating")
+INVERSE_LOSSES = ("noise-preserving", "denoising")
+
+
+@dataclass
+class TPOptions:
+    """Options shared by every target-propagation rule."""
+
+    schedule: str = field(default="parallel", metadata={
+        "help": "target propagation: 'parallel' (forward and inverse losses every mini-batch) or "
+                "'alternating' (one epoch of inverse training, then one of forward training, ...)",
+        "choices": list(SCHEDULES)})
+    noise: float = field(default=0.2, metadata={
+        "help": "target propagation: standard deviation sigma of the Gaussian noise added to h_{l-1} "
+                "when training the inverses"})
+    inverse_loss: str | None = field(default=None, metadata={
+        "help": "target propagation: inverse training loss, 'noise-preserving' ||h~ - g(f(h~))||^2 or "
+                "'denoising' ||h - g(f(h~))||^2 (default: noise-preserving for dtp, denoising for the others)",
+        "choices": list(INVERSE_LOSSES)})
+    diagnostics_every: int = field(default=20, metadata={
+        "help": "target propagation: compute reconstruction errors and target/backprop angles every N "
+                "training batches (0: never)"})
+
+
+@dataclass
+class LocalLosses:
+    """The local losses of one mini-batch, by 0-based block index, and what they were built from."""
+
+    forward: dict[int, torch.Tensor]   # hidden blocks: ½||h_l - ĥ_l||²; the output block: cross-entropy
+    inverse: dict[int, torch.Tensor]   # blocks with an inverse: the inverse loss
+    hidden: list[torch.Tensor]         # detached h_1 .. h_L (h_L: the logits)
+    targets: list[torch.Tensor] | None  # ĥ_1 .. ĥ_{L-1} (None when not computed)
+    task_loss: torch.Tensor            # detached batch-mean cross-entropy
+
+    def all(self) -> list[torch.Tensor]:
+        return [*self.forward.values(), *self.inverse.values()]
+
+
+def squared_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """½ ||output - target||², summed over units, averaged over the batch."""
+    return F.mse_loss(output, target, reduction="sum") * (0.5 / output.shape[0])
+
+
+def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle (degrees, float64) between ``a[i]`` and ``b[i]`` for every example ``i`` (dims 1.. flattened).
+
+    A zero vector has no direction: its angle is reported as 90 degrees (uninformative).
+    """
+    a, b = a.detach().flatten(1).double(), b.detach().flatten(1).double()
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    cosine = torch.where(norms > 0, (a * b).sum(1) / norms.clamp_min(torch.finfo(torch.float64).tiny),
+                         torch.zeros_like(norms))
+    return torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
+
+
+def output_shapes(model) -> list[tuple[int, ...]]:
+    """The shape (without the batch) of every block's output, from the layers' attributes."""
+    shapes = []
+    for layer in model.layers:
+        if isinstance(layer, nn.Linear):
+            shapes.append((layer.out_features,))
+        else:
+            shapes.append((layer.out_channels, *layer.out_size))
+    return shapes
+
+
+class TargetPropagationRule(LearningRule):
+    """Base class of the family. Defaults are SDTP's: the output layer has a learned inverse
+    from the class probabilities, and targets use the difference correction."""
+
+    Options = TPOptions
+    default_inverse_loss: ClassVar[str] = "denoising"
+    has_output_inverse: ClassVar[bool] = True
+
+    def __init__(self, model, options=None, seed=0):
+        super().__init__(model, options, seed)
+        self.validate_options()
+        blocks = model.blocks
+        if len(blocks) < 2:
+            raise BiopropError(f"rule {self.name!r} needs a network with at least one hidden layer")
+        if not isinstance(blocks[-1].layer, nn.Linear):
+            raise BiopropError(f"rule {self.name!r} needs a fully-connected output layer")
+        self.shapes = output_shapes(model)
+        self.inverses = nn.ModuleDict()
+        for index in range(1, len(blocks) - 1):
+            self.inverses[self.layer_name(index)] = build_inverse(blocks[index], self.shapes[index - 1])
+        if self.has_output_inverse:
+            self.inverses[self.layer_name(len(blocks) - 1)] = OutputInverse(
+                self.output_feature_count(), self.shapes[-2], blocks[-1].layer.weight)
+        self.batches_seen = 0
+
+    # -- options -----------------------------------------------------------------------
+    def validate_options(self) -> None:
+        o = self.options
+        if o.schedule not in SCHEDULES:
+            raise BiopropError(f"schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
+        if not isinstance(o.noise, (int, float)) or not math.isfinite(o.noise) or o.noise < 0:
+            raise BiopropError(f"noise must be a finite number >= 0, got {o.noise!r}")
+        if o.inverse_loss is not None and o.inverse_loss not in INVERSE_LOSSES:
+            raise BiopropError(f"inverse_loss must be one of {', '.join(INVERSE_LOSSES)} (or unset for "
+                               f"the rule's default), got {o.inverse_loss!r}")
+        if not isinstance(o.diagnostics_every, int) or o.diagnostics_every < 0:
+            raise BiopropError(f"diagnostics_every must be an integer >= 0, got {o.diagnostics_every!r}")
+
+    @property
+    def inverse_loss_kind(self) -> str:
+        return self.options.inverse_loss or self.default_inverse_loss
+
+    # -- the interface the training loop uses ------------------------------------------------
+    def parameter_groups(self):
+        return {"forward": list(self.model.parameters()), "inverse": list(self.inverses.parameters())}
+
+    def phases(self, epoch: int) -> tuple[str, ...]:
+        if self.options.schedule == "alternating":
+            return ("inverse",) if epoch % 2 == 0 else ("forward",)
+        return ("forward", "inverse")
+
+    def compute_gradients(self, x, y, phases):
+        every = self.options.diagnostics_every
+        diagnose = every > 0 and self.batches_seen % every == 0
+        self.batches_seen += 1
+        losses = self.local_losses(x, y, forward="forward" in phases, inverse="inverse" in phases,
+                                   targets=diagnose)
+        terms = losses.all()
+        if terms:
+            torch.autograd.backward(terms)
+        diagnostics = self.diagnostics(x, y, losses) if diagnose else {}
+        return StepResult(losses.task_loss, losses.hidden[-1], diagnostics)
+
+    # -- names and inverses ---------------------------------------------------------------
+    @staticmethod
+    def layer_name(index: int) -> str:
+        """``layer{l}`` for the 0-based block ``index`` (layers count from 1, as h_l)."""
+        return f"layer{index + 1}"
+
+    def inverse(self, index: int) -> nn.Module:
+        """g of block ``index``: maps h_index back to h_{index-1} (0-based blocks)."""
+        return self.inverses[self.layer_name(index)]
+
+    def inverse_indices(self) -> list[int]:
+        return [int(name[len("layer"):]) - 1 for name in self.inverses]
+
+    # -- the output layer as its inverse sees it (SDTP, AO-SDTP, TP) ---------------------------
+    def output_feature_count(self) -> int:
+        return self.model.num_classes
+
+    def output_features(self, penultimate: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """f_L(h_{L-1}) as the output inverse reads it: the softmax probabilities."""
+        return torch.softmax(logits, dim=1)
+
+    def output_target(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The first target in feature space: the label distribution (one-hot) in place of p."""
+        target = features.clone()
+        classes = self.model.num_classes
+        target[:, :classes] = F.one_hot(y, classes).to(features.dtype)
+        return target
+
+    # -- targets -----------------------------------------------------------------------------
+    @staticmethod
+    def difference(g: nn.Module, below: torch.Tensor, above: torch.Tensor, target_above: torch.Tensor):
+        """``below - g(above) + g(target_above)``; both inverse calls in one batch."""
+        n = above.shape[0]
+        both = g(torch.cat([target_above, above]))
+        return below + (both[:n] - both[n:])
+
+    def penultimate_target(self, h: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """ĥ_{L-1}; default (SDTP): h_{L-1} - g_L(p) + g_L(one-hot)."""
+        features = self.output_features(h[-2], h[-1])
+        return self.difference(self.inverse(len(h) - 1), h[-2], features, self.output_target(features, y))
+
+    def propagate_target(self, index: int, h: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """ĥ_{index-1} from ĥ_index (0-based blocks); default: the difference correction."""
+        return self.difference(self.inverse(index), h[index - 1], h[index], target)
+
+    @torch.no_grad()
+    def targets(self, h: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
+        """[ĥ_1, ..., ĥ_{L-1}] from the detached activations ``h`` = [h_1, ..., h_L]."""
+        targets = [None] * (len(h) - 1)
+        targets[-1] = self.penultimate_target(h, y)
+        for index in range(len(h) - 2, 0, -1):
+            targets[index - 1] = self.propagate_target(index, h, targets[index])
+        return targets
+
+    # -- losses ------------------------------------------------------------------------------
+    def forward_blocks(self, x: torch.Tensor, grad: bool = True) -> list[torch.Tensor]:
+        """[h_1, ..., h_L], each block run on the detached output of the one below."""
+        hidden = []
+        with torch.set_grad_enabled(grad):
+            for block in self.model.blocks:
+                x = block(x.detach())
+                hidden.append(x)
+        return hidden
+
+    def inverse_losses(self, h: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+        sigma, preserving = float(self.options.noise), self.inverse_loss_kind == "noise-preserving"
+        last = len(h) - 1
+        losses = {}
+        for index in self.inverse_indices():
+            clean = h[index - 1]
+            noisy = clean + sigma * torch.randn_like(clean) if sigma > 0 else clean
+            with torch.no_grad():
+                above = self.model.blocks[index](noisy)
+                if index == last:
+                    above = self.output_features(noisy, above)
+            losses[index] = squared_error(self.inverse(index)(above), noisy if preserving else clean)
+        return losses
+
+    def local_losses(self, x, y, forward: bool = True, inverse: bool = True, targets: bool = False) -> LocalLosses:
+        """Every local loss of one mini-batch (forward ones if ``forward``, inverse ones if ``inverse``)."""
+        hidden = self.forward_blocks(x, grad=forward)
+        h = [t.detach() for t in hidden]
+        forward_losses: dict[int, torch.Tensor] = {}
+        target_list = self.targets(h, y) if forward or targets else None
+        if forward:
+            for index, target in enumerate(target_list):
+                forward_losses[index] = squared_error(hidden[index], target)
+            forward_losses[len(h) - 1] = task_loss(hidden[-1], y)
+            loss = forward_losses[len(h) - 1].detach()
+        else:
+            loss = task_loss(h[-1], y)
+        inverse_losses = self.inverse_losses(h) if inverse else {}
+        return LocalLosses(forward_losses, inverse_losses, h, target_list, loss)
+
+    # -- diagnostics ---------------------------------------------------------------------------
+    def backprop_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """dL/dh_l (batch-mean cross-entropy) for every hidden layer, by autograd, same parameters."""
+        with torch.enable_grad():
+            hidden = self.model.hidden_activations(x)
+            return list(torch.autograd.grad(task_loss(hidden[-1], y), hidden[:-1]))
+
+    @torch.no_grad()
+    def diagnostics(self, x, y, losses: LocalLosses) -> dict[str, float]:
+        h, last = losses.hidden, len(losses.hidden) - 1
+        values: dict[str, torch.Tensor] = {}
+        for index in self.inverse_indices():
+            above = h[index] if index < last else self.output_features(h[index - 1], h[index])
+            below = h[index - 1]
+            error = (self.inverse(index)(above) - below).pow(2).sum() / below.pow(2).sum().clamp_min(1e-30)
+            values[f"reconstruction_error/{self.layer_name(index)}"] = error
+        for index, loss in losses.inverse.items():
+            values[f"inverse_loss/{self.layer_name(index)}"] = loss.detach()
+        for index, loss in losses.forward.items():
+            if index < last:
+                values[f"forward_loss/{self.layer_name(index)}"] = loss.detach()
+        if losses.targets is not None:
+            gradients = self.backprop_gradients(x, y)
+            for index, (target, gradient) in enumerate(zip(losses.targets, gradients)):
+                angle = angle_degrees(target - h[index], -gradient).mean()
+                values[f"target_angle/{self.layer_name(index)}"] = angle
+        if not values:
+            return {}
+        numbers = torch.stack([v.double() for v in values.values()]).tolist()  # one device sync
+        return dict(zip(values, numbers))

@@ -1,0 +1,73 @@
+"""The command line: real MNIST end to end, and bad input refused before training starts."""
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bioprop.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_end_to_end_on_real_mnist(shared_data, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "--data", "mnist", "--data-dir", str(shared_data), "--model", "mnist-lc",
+                             "--rule", "dfa", "--epochs", "1", "--batch-size", "20", "--lr", "1e-3", "--beta2", "0.99",
+                             "--seed", "0", "--val-size", "500", "--limit-batches", "3", "--limit-eval-batches", "1",
+                             "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    assert "epoch   1/1" in out and "test" in out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["optimizers"]["forward"] == {"lr": 1e-3, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8}
+    assert saved["data"]["val_size"] == 500 and saved["rule"] == "dfa"
+
+
+def test_listing_commands(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and "imagenet-lc" in out and "4,181,120" in out  # mnist-lc weights
+    code, out, _ = run_cli(capsys, "rules")
+    assert code == 0 and "fa " in out and "Feedback alignment" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "cifar100", "--model", "mnist-fc"], "unknown dataset 'cifar100'"),
+    (["--data", "mnist", "--model", "mnist-huge"], "unknown model 'mnist-huge'"),
+    (["--data", "mnist", "--model", "mnist-fc", "--rule", "backprop"], "unknown learning rule 'backprop'"),
+    (["--data", "mnist", "--model", "cifar-lc"], "model 'cifar-lc' expects inputs"),
+    (["--data", "mnist", "--model", "mnist-fc", "--lr", "-0.1"], "learning rate must be > 0"),
+    (["--data", "mnist", "--model", "mnist-fc", "--rule", "bp", "--alpha", "0.1"], "rule 'bp' has no option 'alpha'"),
+    (["--data", "mnist", "--model", "mnist-fc", "--val-size", "70000"], "val_size"),
+    (["--model", "mnist-fc"], "--data and --model are required"),
+])
+def test_bad_input_exits_2_with_a_message(shared_data, tmp_path, capsys, argv, message):
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", *argv, "--data-dir", str(shared_data), "--out", str(out_dir),
+                           "--no-progress")
+    assert code == 2
+    assert message in err and err.startswith("bioprop: error:")
+    assert not (out_dir / "checkpoint.pt").exists()
+
+
+def test_corrupt_data_file_is_named(shared_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BIOPROP_OFFLINE", "1")
+    monkeypatch.setenv("BIOPROP_CACHE", str(tmp_path / "cache"))
+    broken = tmp_path / "data" / "mnist"
+    shutil.copytree(shared_data / "mnist", broken)
+    with gzip.open(broken / "train-images-idx3-ubyte.gz", "wb") as stream:
+        stream.write(b"\x00\x00\x08\x03" + b"\x00" * 20)  # right magic, truncated body
+    code, _, err = run_cli(capsys, "train", "--data", "mnist", "--data-dir", str(tmp_path / "data"),
+                           "--model", "mnist-fc", "--no-progress")
+    assert code == 2 and "train-images-idx3-ubyte" in err
+
+
+def test_console_script_exit_status(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bioprop.cli", "train", "--data", "mnist", "--model", "mnist-fc",
+                             "--epochs", "-1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "epochs must be a positive integer" in result.stderr
