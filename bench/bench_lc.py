@@ -4,19 +4,24 @@ Forward + backward (input, weight and bias gradients) on the LC layer shapes of 
 (2018), CIFAR-LC and MNIST-LC, SAME padding.  All variants are timed in one run, interleaved
 (each repeat times every variant of every layer once), after a warm-up; the median is reported.
 
-    python bench/bench_lc.py [--batch 128] [--repeats 7] [--json out.json] [--threads T]
+    python bench/bench_lc.py [--batch 128] [--repeats 7] [--json out.json] [--threads T] [--thp]
 """
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if "--thp" in sys.argv:    # read by PyTorch's CPU allocator once, so it must be set before import
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
 
-from bioprop.nn import LocallyConnected2d, same_padding
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bioprop.nn import LocallyConnected2d, same_padding  # noqa: E402
 
 # name, (C, H, W), kernel, out channels, stride
 CIFAR_LAYERS = [("cifar1", (3, 32, 32), 5, 64, 2), ("cifar2", (64, 16, 16), 5, 128, 2),
@@ -140,9 +145,13 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (default: torch's default for this machine)")
     parser.add_argument("--json", help="write the numbers to this file")
+    parser.add_argument("--thp", action="store_true",
+                        help="THP_MEM_ALLOC_ENABLE=1: transparent huge pages for large CPU tensors "
+                             "(avoids page-faulting big fresh buffers such as LC weight grads)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
 
     modes = {mode: build_steps(args.batch, mode) for mode in ("network", "contiguous")}
     a, b = torch.randn(256, 1152), torch.randn(1152, 8192)
@@ -166,10 +175,13 @@ def main():
     matmul_gflops = matmul_flops / statistics.median(matmul_samples) / 1e9
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.repeats} repeats (median), forward+backward, fp32")
+          f"{args.repeats} repeats (median), forward+backward, fp32, "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, "
+          f"load average before the run {load_before:.2f}")
     print(f"plain matmul (torch.mm 256x1152 @ 1152x8192): {matmul_gflops:.1f} GFLOP/s")
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-               "batch": args.batch, "repeats": args.repeats, "matmul_gflops": matmul_gflops}
+               "batch": args.batch, "repeats": args.repeats, "thp": args.thp,
+               "load_average": load_before, "matmul_gflops": matmul_gflops}
     titles = {"network": "inputs/grads in each layer's own output layout (as inside a network)",
               "contiguous": "contiguous NCHW inputs, input grad computed for every layer"}
     for mode, layers in modes.items():

@@ -107,6 +107,13 @@ def test_random_crop_is_a_shift_with_zero_padding():
         offsets.add(matches[0])
     assert len(offsets) > 10  # offsets vary across the batch
     assert torch.equal(augment_batch(x, make_generator(0), 0, "none"), x)
+    both = augment_batch(x, make_generator(0), padding=4, flip="horizontal")  # same offsets
+    mirrored = 0
+    for i in range(64):
+        crop = out[i]
+        assert torch.equal(both[i], crop) or torch.equal(both[i], crop.flip(-1))
+        mirrored += not torch.equal(both[i], crop)
+    assert 10 < mirrored < 54
 
 
 @pytest.mark.parametrize("flip,dim", [("horizontal", -1), ("vertical", -2)])

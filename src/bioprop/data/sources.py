@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import subprocess
@@ -239,8 +240,8 @@ def fetch_remote(files: dict[str, str], dest: Path, remotes: list[Remote], attem
                        if md5_file(find_variant(stage, n), uncompressed) != files[n]]
                 if bad:
                     raise RuntimeError(f"checksum mismatch for {', '.join(bad)}")
-            except (OSError, RuntimeError, tarfile.TarError, subprocess.TimeoutExpired,
-                    BiopropError) as e:
+            except (OSError, RuntimeError, ValueError, tarfile.TarError, http.client.HTTPException,
+                    subprocess.TimeoutExpired) as e:  # (BiopropError is a ValueError)
                 attempts.add(remote.describe(), f"{type(e).__name__}: {e}")
                 continue
             for name in names:

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bioprop.experiments.runs import Run, mean_curve, stat  # noqa: E402
 from bioprop.presets.paper import METHODS  # noqa: E402
@@ -49,6 +50,7 @@ def learning_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: 
         bests.append(stat(runs, "best_test_error").mean)
     ax.set_ylim(0, 100.0 if top5 else _upper(bests))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("error (%)")
     style = "top-1 test solid, top-5 test dotted" if top5 else "test solid, train dashed"
     ax.set_title(f"{title} ({style}; mean over seeds)", fontsize=10)
@@ -79,7 +81,8 @@ def cell_grid(cells: list[tuple[str, str, list[Run]]], path: Path, title: str) -
                             lw=width, alpha=0.85)
             values.append(min(row["test_error"] for row in run.metrics))
         ax.set_ylim(0, _upper(values, floor=2.0))
-        ax.set_title(f"{label} ({len(runs)} seeds)", fontsize=9)
+        ax.set_title(f"{label} ({len(runs)} seed{'s' if len(runs) != 1 else ''})", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:

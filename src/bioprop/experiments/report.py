@@ -60,7 +60,7 @@ def _error_table(dataset: str, by_preset: dict[str, list[Run]], key: str, paper_
     cells = _cell_presets(dataset)
     archs = [a for a in ("fc", "lc") if any(arch == a for arch, _ in cells)]
     fashion = dataset == "fashion-mnist"
-    ref = "published MLP" if fashion else "paper"
+    ref = "published" if fashion else "paper"
     header = "| Method | " + " | ".join(f"{a.upper()} {ref} | {a.upper()} ours | Δ" for a in archs) + " |"
     lines = [header, "|---|" + "---:|---:|---:|" * len(archs)]
     for method, label in METHODS.items():
@@ -215,7 +215,7 @@ def _histograms(urls: list[str], out: Path) -> tuple[list[str], list[tuple[str, 
 
 
 def write_report(source: str | Path, out: str | Path | None = None, studies: list[str] | None = None,
-                 title: str | None = None, command: list[str] | None = None) -> Path:
+                 title: str | None = None, command: list[str] | None = None, note: str | None = None) -> Path:
     """Writes ``out/report.md`` (default ``out = source``) and its PNGs; when ``out`` differs
     from ``source``, also the compact per-run JSON files, so ``out`` can be committed and the
     report rebuilt from it alone. Returns the path of the Markdown file."""
@@ -233,9 +233,14 @@ def write_report(source: str | Path, out: str | Path | None = None, studies: lis
     if out.resolve() != source.resolve():
         export_runs(runs, out)
     record_file = source / RECORD
-    commands = json.loads(record_file.read_text())["commands"] if record_file.exists() else []
-    if out.resolve() != source.resolve() and commands:
-        save_json({"commands": commands}, out / RECORD)
+    record = json.loads(record_file.read_text()) if record_file.exists() else {}
+    commands = record.get("commands", [])
+    if note is None and (out / RECORD).exists():  # a note given once stays with the report
+        note = json.loads((out / RECORD).read_text()).get("note")
+    if note is None:
+        note = record.get("note")
+    if out.resolve() != source.resolve() or note is not None:
+        save_json({"commands": commands, **({"note": note} if note else {})}, out / RECORD)
     report_cmd = command or ["report", str(source)] + (["--out", str(out)] if out.resolve() != source.resolve() else [])
     commands = commands + ["bioprop " + " ".join(shlex.quote(a) for a in report_cmd)]
 
@@ -245,6 +250,8 @@ def write_report(source: str | Path, out: str | Path | None = None, studies: lis
     md: list[str] = [f"# {title or 'Reproduction of Bartunov et al. (2018): ' + ', '.join(datasets)}", ""]
     md += [f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `bioprop report` "
            f"from {len(runs)} runs.", ""]
+    if note:
+        md += [note, ""]
     md += ["**How to read the tables.** Errors are in %, ours as mean ± std over seeds, Δ = ours − paper. "
            "*Test error at best validation epoch* selects the epoch on a held-out part of the training set "
            "(honest). *Best test error over training* selects on the test set itself, which is what the "
@@ -262,7 +269,7 @@ def write_report(source: str | Path, out: str | Path | None = None, studies: lis
             md += _error_table(dataset, by_preset, "best_test_error", "test_error") + [""]
             md += ["### Train error", ""] + _train_table(dataset, by_preset) + [""]
             if dataset == "fashion-mnist":
-                md += [f"Published column: {FASHION_SOURCE}. Their MLP has 6 hidden layers (ours: 5) and "
+                md += [f"Published column (FC only: BP, FA, DFA): {FASHION_SOURCE}. Their MLP has 6 hidden layers (ours: 5) and "
                        "is trained with SGD for 100 epochs, so it is context, not a target. The same table "
                        "has no DTP/SDTP; its other target-propagation-family rules reach: "
                        + "; ".join(f"{k} {m:.2f} ± {s:.2f}" for k, (m, s) in FASHION_MLP_OTHER.items()) + ".", ""]

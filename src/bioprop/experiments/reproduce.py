@@ -39,18 +39,21 @@ RECORD = "reproduce.json"
 
 @dataclass
 class EpochBudget:
-    """``--epochs 40 --epochs lc=15``: a default and per-pattern budgets (last match wins).
+    """``--epochs 40 --epochs lc=15``: a default and per-pattern values (last match wins).
 
     A pattern is a dash-separated part of the preset name (``lc``, ``fc-dtp``, ``cifar``) or a
-    glob (``mnist-lc-*``). ``default=None`` keeps each preset's own budget (the paper's 500).
+    glob (``mnist-lc-*``). ``default=None`` keeps each preset's own value (for epochs, the
+    paper's 500). The same syntax serves ``--limit-batches``.
     """
+
+    flag: str = "--epochs"
 
     default: int | None = None
     rules: list[tuple[str, int]] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, values: list[str] | int | None) -> "EpochBudget":
-        budget = cls()
+    def parse(cls, values: list[str] | int | None, flag: str = "--epochs") -> "EpochBudget":
+        budget = cls(flag=flag)
         if values is None:
             return budget
         if isinstance(values, int):
@@ -64,9 +67,9 @@ class EpochBudget:
                 try:
                     epochs = int(number)
                 except ValueError:
-                    raise BiopropError(f"--epochs {part!r}: expected N or PATTERN=N (e.g. 40, lc=15)") from None
+                    raise BiopropError(f"{flag} {part!r}: expected N or PATTERN=N (e.g. 40, lc=15)") from None
                 if epochs < 1:
-                    raise BiopropError(f"--epochs {part!r}: the number of epochs must be >= 1")
+                    raise BiopropError(f"{flag} {part!r}: the number must be >= 1")
                 if key:
                     budget.rules.append((key, epochs))
                 else:
@@ -123,10 +126,12 @@ def parse_int_list(text: str | None, what: str) -> list[int]:
 
 
 def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBudget | None = None,
-              aux_sweep: list[int] | None = None, **overrides) -> list[RunSpec]:
+              aux_sweep: list[int] | None = None, limit_batches: EpochBudget | int | None = None,
+              **overrides) -> list[RunSpec]:
     """Every (preset or sweep variant) x seed, seed-major so that early results cover every cell.
 
-    ``overrides`` are TrainConfig fields (``limit_batches``, ``device``) or ``data_dir``.
+    ``overrides`` are TrainConfig fields (``limit_eval_batches``, ``device``) or ``data_dir``;
+    ``limit_batches`` is a number or, like ``epochs``, per-pattern values.
     ``aux_sweep`` adds, for every AO-SDTP preset, one variant per auxiliary size (the preset's
     own size is the plain run).
     """
@@ -135,6 +140,8 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
             raise BiopropError(f"--seeds {seeds}: expected a positive number of seeds")
         seeds = list(range(seeds))
     epochs = epochs or EpochBudget()
+    if not isinstance(limit_batches, EpochBudget):
+        limit_batches = EpochBudget.parse(limit_batches, "--limit-batches")
     data_dir = overrides.pop("data_dir", None)
     variants: list[tuple[Preset, str, dict]] = []
     for preset in presets:
@@ -153,6 +160,9 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
             budget = epochs.for_preset(preset.name)
             if budget is not None:
                 config.epochs = budget
+            batches = limit_batches.for_preset(preset.name)
+            if batches is not None:
+                config.limit_batches = batches
             if data_dir is not None:
                 config.data.data_dir = str(data_dir)
             apply_variant(config, variant)
@@ -235,8 +245,10 @@ def record_command(root: Path, argv: list[str] | None) -> None:
 
 
 def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bool = False,
-              log: Callable[[str], None] = print, echo_epochs: bool = True) -> dict[str, list[RunSpec]]:
-    """Runs every spec not done yet; returns {"skipped": [...], "ran": [...], "failed": [...]}."""
+              log: Callable[[str], None] = print, echo_epochs: bool = True,
+              threads: int | None = None) -> dict[str, list[RunSpec]]:
+    """Runs every spec not done yet, ``jobs`` at a time with ``threads`` torch threads each
+    (default: CPU cores / jobs); returns {"skipped": [...], "ran": [...], "failed": [...]}."""
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
@@ -253,6 +265,7 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
                 f"{done}/{spec.config.epochs} epochs done")
     log(f"{len(specs)} runs: {len(skipped)} already done, {len(todo)} to run, {jobs} at a time")
     ran, failed = [], []
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
 
     def finished(spec: RunSpec, result: dict) -> None:
         s = result["summary"]
@@ -262,25 +275,31 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
             + (f", test at best val {honest:.2f}%" if honest is not None else ""))
         ran.append(spec)
 
+    def failure(spec: RunSpec, error: Exception) -> None:
+        failed.append(spec)
+        log(f"FAILED {spec.tag}: {type(error).__name__}: {error} (see {spec.path(root)}/train.log)")
+
     if jobs == 1:
         for spec in todo:
-            result = _execute({"folder": spec.folder, "config": spec.config.to_dict()}, str(root),
-                              progress, None, echo_epochs)
+            try:
+                result = _execute({"folder": spec.folder, "config": spec.config.to_dict()}, str(root),
+                                  progress, threads, echo_epochs)
+            except Exception as error:  # one broken run must not lose the others
+                failure(spec, error)
+                continue
             finished(spec, result)
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_execute, {"folder": s.folder, "config": s.config.to_dict()}, str(root),
                                    False, threads, False): s for s in todo}
             for future in as_completed(futures):
                 spec = futures[future]
                 try:
-                    finished(spec, future.result())
-                except BiopropError:
-                    raise
+                    result = future.result()
                 except Exception as error:  # one broken run must not lose the others
-                    failed.append(spec)
-                    log(f"FAILED {spec.tag}: {type(error).__name__}: {error} (see {spec.path(root)}/train.log)")
+                    failure(spec, error)
+                    continue
+                finished(spec, result)
     return {"skipped": skipped, "ran": ran, "failed": failed}
 
 

@@ -38,6 +38,7 @@ import hashlib
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,10 +117,19 @@ def storage_for(url: str | None, out: Path):
         out.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(out / 'search.db').resolve()}"
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=600)
-    except Exception as error:  # noqa: BLE001 - surface a bad URL as a user error
-        raise BiopropError(f"--storage {url!r} could not be opened: {error}") from None
+    last_error = None
+    for attempt in range(5):  # workers starting together race to create the schema: retry
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60,
+                                                  grace_period=600)
+        except Exception as error:  # noqa: BLE001 - surface a bad URL as a user error
+            last_error = error
+            if "://" not in url or url.split("://")[0].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+                break
+            time.sleep(0.5 + attempt)
+    raise BiopropError(f"--storage {url!r} could not be opened: {last_error}")
 
 
 def study_accuracies(study) -> tuple[list[float], list[str]]:

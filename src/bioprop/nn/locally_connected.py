@@ -1,37 +1,34 @@
 """Locally-connected 2-D layer: a convolution without weight sharing.
 
-Every output location ``l = (i, j)`` (``L = H' * W'`` of them) has its own filter, so the layer is
-``L`` independent small matrix products.  With ``K = C * kH * kW`` (a patch, ordered like a Conv2d
-kernel) the whole layer is one batched matmul over locations::
+Every output location ``l = (i, j)`` (``L = H' * W'`` of them) has its own filter.  With patches
+of ``K = C * kH * kW`` numbers (ordered like a Conv2d kernel) the layer is one batched matmul::
 
-    out[l] (O, N) = W[l] (O, K) @ P[l] (K, N)          P[l] = input patches under location l
+    out[l] (O, N) = W[l] (O, K) @ P[l] (K, N)          P[l] = the N input patches under l
 
-Memory layout (the point of this module).  The parameter ``weight`` has shape
-``(H', W', O, C, kH, kW)`` (``weight[i, j]`` is an ordinary Conv2d kernel), i.e. it *is* ``W``
-viewed as ``(L, O, K)`` with no copy.  Activations are kept *batch-innermost*: the tensors this
-module returns have the logical shape ``(N, O, H', W')`` but are permuted views of an
-``(H', W', O, N)`` buffer, which is exactly the ``(L, O, N)`` output of the batched matmul.
-Elementwise ops (bias, tanh, ...) keep that layout, so the next LC layer and the backward pass get
-tensors whose permute to ``(H, W, C, N)`` is free.  In that layout every copy we do moves whole
-contiguous rows of N numbers, and all matmuls take their operands without transposing copies:
+Layout (the point of this module).  ``weight`` has shape ``(H', W', O, C, kH, kW)``
+(``weight[i, j]`` is an ordinary Conv2d kernel), so it *is* ``W`` as ``(L, O, K)``, no copy.
+Activations are kept *batch-innermost*: outputs have the logical shape ``(N, O, H', W')`` but
+are permuted views of an ``(H', W', O, N)`` buffer, exactly the ``(L, O, N)`` result of the
+batched matmul.  Elementwise ops (bias, tanh, ...) keep that layout, so the next LC layer and the
+backward pass get tensors whose permute to ``(H, W, C, N)`` / ``(L, O, N)`` is free; every copy
+then moves whole rows of N numbers, and no matmul operand needs a transposing copy:
 
-* ``lc_forward``     out (L, O, N) = W (L, O, K) @ P (L, K, N)            (+ bias)
-* ``lc_input_grad``  dP  (L, K, N) = W^T (L, K, O) @ G (L, O, N), then col2im: kH*kW strided
-  ``add_`` of dP[..., kh, kw, :] into a zeroed padded (Hp, Wp, C, N) buffer; padding is sliced
+* ``lc_forward``      out (L, O, N) = W (L, O, K) @ P (L, K, N)   (+ bias)
+* ``lc_input_grad``   dP  (L, K, N) = W^T (L, K, O) @ G (L, O, N), then col2im: kH*kW strided
+  ``add_`` of ``dP[..., kh, kw, :]`` into a zeroed, padded (Hp, Wp, C, N) buffer, padding sliced
   off.  This is also the transposed LC map (the adjoint of the forward map).
-* ``lc_weight_grad`` dW  (L, O, K) = G (L, O, N) @ P^T (L, N, K)
+* ``lc_weight_grad``  dW  (L, O, K) = G (L, O, N) @ P^T (L, N, K)
 
-Patches ``P`` are gathered from the padded input with one copy out of a strided window view
-(``Tensor.unfold``, i.e. ``as_strided`` with the input's real strides, so any input layout works).
-On CPU the work is done in chunks of output rows, so the patch / dP buffers stay small: they stay
-in cache between the gather and the matmul, and are recycled by the allocator instead of being
-page-faulted in every step.  Inputs or grads in another layout (e.g. plain contiguous NCHW) are
-copied once into the batch-innermost layout.  Downstream code must use ``reshape``/``flatten``
-rather than ``view`` on the outputs, which are not contiguous.
+Patches are gathered with one copy out of a strided window view of the padded input
+(``Tensor.unfold``: ``as_strided`` with the input's real strides, so any layout works).  On the
+CPU the work goes in chunks of output rows: the patch / dP buffers stay small, stay in cache
+between the copy and the matmul, and are recycled by the allocator rather than page-faulted in
+on every call.  Tensors in another layout are converted once (contiguous NCHW by a fast blocked
+2-D transpose); input grads are handed back in their input's layout.  Outputs are not
+contiguous: downstream code must use ``reshape``/``flatten``, not ``view``.
 
-The three primitives are plain functions (no autograd graph), so that feedback alignment can run
-the backward pass with another weight; ``LocallyConnected2d`` uses exactly them in its
-``torch.autograd.Function``.
+The primitives are plain functions without autograd graph, so feedback alignment can run the
+backward pass with another weight; the layer's ``torch.autograd.Function`` uses exactly them.
 """
 
 import math
@@ -44,8 +41,8 @@ from bioprop.errors import BiopropError
 __all__ = ["LocallyConnected2d", "locally_connected2d", "locally_connected2d_transpose",
            "lc_forward", "lc_input_grad", "lc_weight_grad", "same_padding"]
 
-# Work per chunk on CPU (bytes of patch buffer); big enough to keep Python overhead small,
-# small enough to stay in the last-level cache and below glibc's mmap threshold.
+# Patch / dP buffer per chunk on the CPU: large enough to keep the Python loop cheap, small
+# enough to stay in the last-level cache and below glibc's mmap threshold (32 MiB).
 _CPU_CHUNK_BYTES = 4 << 20
 
 
@@ -68,15 +65,12 @@ def same_padding(in_size, kernel_size, stride):
 
 def _resolve_padding(padding, in_size, kernel_size, stride):
     if isinstance(padding, str):
-        if padding == "same":
-            return same_padding(in_size, kernel_size, stride)
-        if padding == "valid":
-            return (0, 0, 0, 0)
+        if padding in ("same", "valid"):
+            return same_padding(in_size, kernel_size, stride) if padding == "same" else (0,) * 4
         raise BiopropError(f"padding must be 'same', 'valid', an int, a pair or a 4-tuple, "
                            f"got unknown string {padding!r}")
-    pads = tuple(padding) if not isinstance(padding, int) else (padding,) * 4
-    if len(pads) == 2:
-        pads = (pads[0], pads[0], pads[1], pads[1])
+    pads = (padding,) * 4 if isinstance(padding, int) else tuple(padding)
+    pads = (pads[0], pads[0], pads[1], pads[1]) if len(pads) == 2 else pads
     if len(pads) != 4 or not all(isinstance(p, int) and p >= 0 for p in pads):
         raise BiopropError(f"padding must be non-negative ints (int, (ph, pw) or "
                            f"(top, bottom, left, right)), got {padding!r}")
@@ -84,26 +78,49 @@ def _resolve_padding(padding, in_size, kernel_size, stride):
 
 
 def _geometry(in_size, kernel_size, stride, padding):
-    """Checks the arguments; returns (kernel, stride, padding 4-tuple, out_size)."""
+    """Checks the arguments; returns (kernel, stride, (top, bottom, left, right), out_size)."""
     (kh, kw), (sh, sw) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
-    if min(kh, kw) < 1:
-        raise BiopropError(f"kernel_size must be positive, got {kernel_size!r}")
-    if min(sh, sw) < 1:
-        raise BiopropError(f"stride must be positive, got {stride!r}")
-    (h, w) = _pair(in_size, "in_size")
+    if min(kh, kw) < 1 or min(sh, sw) < 1:
+        name, value = ("stride", stride) if min(sh, sw) < 1 else ("kernel_size", kernel_size)
+        raise BiopropError(f"{name} must be positive, got {value!r}")
+    h, w = _pair(in_size, "in_size")
     pads = _resolve_padding(padding, (h, w), (kh, kw), (sh, sw))
     padded = (h + pads[0] + pads[1], w + pads[2] + pads[3])
     if kh > padded[0] or kw > padded[1]:
         raise BiopropError(f"kernel_size {(kh, kw)} is larger than the padded input {padded} "
                            f"(input {(h, w)}, padding {pads})")
-    out_size = ((padded[0] - kh) // sh + 1, (padded[1] - kw) // sw + 1)
-    return (kh, kw), (sh, sw), pads, out_size
+    return (kh, kw), (sh, sw), pads, ((padded[0] - kh) // sh + 1, (padded[1] - kw) // sw + 1)
+
+
+def _batch_innermost(t):
+    """(N, C, H, W) -> the same values as an (H, W, C, N) tensor with unit batch stride.
+
+    Free in our own layout.  Contiguous NCHW goes through one blocked 2-D transpose
+    (N, CHW) -> (CHW, N) (aten's fast transposing copy), several times faster than a generic
+    permuting copy, and comes back as a permuted view of that (C, H, W, N) buffer.
+    """
+    t_hwcn = t.permute(2, 3, 1, 0)
+    if t_hwcn.stride(-1) == 1 or t.shape[0] == 1:
+        return t_hwcn
+    if not t.is_contiguous():
+        return t_hwcn.contiguous()
+    n, c, h, w = t.shape
+    return t.reshape(n, c * h * w).t().contiguous().view(c, h, w, n).permute(1, 2, 0, 3)
+
+
+def _to_nchw_if(t, nchw):
+    """Batch-innermost ``t`` as contiguous NCHW if ``nchw`` (a grad in its input's layout)."""
+    if not nchw or t.is_contiguous():
+        return t
+    n, c, h, w = t.shape
+    chwn = t.permute(1, 2, 3, 0).contiguous()                         # rows of N numbers
+    return chwn.view(c * h * w, n).t().contiguous().view(n, c, h, w)  # blocked 2-D transpose
 
 
 def _padded_hwcn(x, pads):
-    """The input as an (H + pt + pb, W + pl + pr, C, N) tensor; copies only when needed."""
-    x_hwcn = x.permute(2, 3, 1, 0)
-    if not any(pads) and (x_hwcn.stride(-1) == 1 or x_hwcn.shape[-1] == 1):
+    """The zero-padded input as an (H + pt + pb, W + pl + pr, C, N) tensor, unit batch stride."""
+    x_hwcn = _batch_innermost(x)
+    if not any(pads):
         return x_hwcn
     top, bottom, left, right = pads
     h, w, c, n = x_hwcn.shape
@@ -115,57 +132,48 @@ def _padded_hwcn(x, pads):
     return padded
 
 
-def _as_lon(grad_out):
-    """Grad (N, O, H', W') as a contiguous (L, O, N) matrix batch; free in our own layout."""
-    n, o, h, w = grad_out.shape
-    g = grad_out.permute(2, 3, 1, 0)
-    return (g if g.is_contiguous() else g.contiguous()).view(h * w, o, n)
+def _chunk_buffers(out_size, k, n, like):
+    """Yields (l0, l1, buffer (l1 - l0, K, N)) per chunk of output rows; one buffer reused.
 
-
-def _row_chunks(out_size, k, n, like):
-    """Yields (first row, end row) of output-row chunks; one chunk off the CPU."""
+    A single chunk off the CPU, where a big batched matmul is what keeps the device busy.
+    """
     out_h, out_w = out_size
     rows = out_h
     if like.device.type == "cpu":
         rows = max(1, min(out_h, _CPU_CHUNK_BYTES // (out_w * k * n * like.element_size())))
+    buffer = like.new_empty(rows * out_w * k * n)
     for r0 in range(0, out_h, rows):
-        yield r0, min(r0 + rows, out_h)
+        r1 = min(r0 + rows, out_h)
+        yield r0 * out_w, r1 * out_w, buffer[:(r1 - r0) * out_w * k * n].view(-1, k, n)
 
 
-def _patch_windows(x, kernel, stride, pads, out_size):
-    """Strided view (H', W', C, kH, kW, N) of the padded input's patches; no copy of patches."""
+def _patch_chunks(x, kernel, stride, pads, out_size):
+    """Yields (l0, l1, patches (l1 - l0, K, N)) of locations l0..l1-1, one copy per chunk."""
     windows = _padded_hwcn(x, pads).unfold(0, kernel[0], stride[0]).unfold(1, kernel[1], stride[1])
-    return windows[:out_size[0], :out_size[1]].permute(0, 1, 2, 4, 5, 3)
+    windows = windows[:out_size[0], :out_size[1]].permute(0, 1, 2, 4, 5, 3)  # H',W',C,kH,kW,N
+    n, c, out_w = x.shape[0], x.shape[1], out_size[1]
+    for l0, l1, patches in _chunk_buffers(out_size, c * kernel[0] * kernel[1], n, x):
+        patches.view(-1, out_w, *windows.shape[2:]).copy_(windows[l0 // out_w:l1 // out_w])
+        yield l0, l1, patches
 
 
-def _check_weight(weight, out_size, channels, kernel):
-    if weight.dim() != 6 or tuple(weight.shape[:2]) != tuple(out_size) \
-            or weight.shape[3] != channels or tuple(weight.shape[4:]) != tuple(kernel):
-        raise BiopropError(f"weight must have shape (H', W', O, C, kH, kW) = "
-                           f"({out_size[0]}, {out_size[1]}, O, {channels}, {kernel[0]}, "
-                           f"{kernel[1]}), got {tuple(weight.shape)}")
+def _check_shape(name, tensor, expected):
+    if tuple(tensor.shape) != tuple(expected):
+        raise BiopropError(f"{name} must have shape {tuple(expected)}, got {tuple(tensor.shape)}")
 
 
 @torch.no_grad()
 def lc_forward(x, weight, bias=None, stride=1, padding=(0, 0, 0, 0)):
-    """Raw LC forward (no graph): (N, C, H, W) -> (N, O, H', W') in batch-innermost layout."""
+    """Raw LC forward, no graph: (N, C, H, W) -> (N, O, H', W') (batch-innermost layout)."""
     n, c, h, w = x.shape
-    kernel, stride, pads, out_size = _geometry((h, w), weight.shape[4:], stride, padding)
-    _check_weight(weight, out_size, c, kernel)
-    out_h, out_w = out_size
+    kernel, stride, pads, (out_h, out_w) = _geometry((h, w), weight.shape[4:], stride, padding)
     o, k = weight.shape[2], c * kernel[0] * kernel[1]
+    _check_shape("weight (H', W', O, C, kH, kW)", weight, (out_h, out_w, o, c, *kernel))
     w_lok = weight.reshape(out_h * out_w, o, k)
-    windows = _patch_windows(x, kernel, stride, pads, out_size)
-    out = x.new_empty(out_h * out_w, o, n)
     bias_lo1 = None if bias is None else bias.permute(1, 2, 0).reshape(out_h * out_w, o, 1)
-    patch_buffer = None
-    for r0, r1 in _row_chunks(out_size, k, n, x):
-        l0, l1 = r0 * out_w, r1 * out_w
-        if patch_buffer is None:
-            patch_buffer = x.new_empty((l1 - l0) * k * n)
-        patches = patch_buffer[:(l1 - l0) * k * n].view(r1 - r0, out_w, *windows.shape[2:])
-        patches.copy_(windows[r0:r1])
-        torch.bmm(w_lok[l0:l1], patches.view(l1 - l0, k, n), out=out[l0:l1])
+    out = x.new_empty(out_h * out_w, o, n)
+    for l0, l1, patches in _patch_chunks(x, kernel, stride, pads, (out_h, out_w)):
+        torch.bmm(w_lok[l0:l1], patches, out=out[l0:l1])
         if bias_lo1 is not None:
             out[l0:l1] += bias_lo1[l0:l1]
     return out.view(out_h, out_w, o, n).permute(3, 2, 0, 1)
@@ -175,20 +183,17 @@ def lc_forward(x, weight, bias=None, stride=1, padding=(0, 0, 0, 0)):
 def lc_input_grad(grad_out, weight, in_size, stride, padding):
     """Raw transposed LC map (N, O, H', W') -> (N, C, H, W): the gradient w.r.t. the input."""
     out_h, out_w, o, c, kh, kw = weight.shape
-    kernel, (sh, sw), pads, out_size = _geometry(in_size, (kh, kw), stride, padding)
-    _check_weight(weight, out_size, c, kernel)
+    _, (sh, sw), pads, out_size = _geometry(in_size, (kh, kw), stride, padding)
     n, k = grad_out.shape[0], c * kh * kw
-    w_lok, g_lon = weight.reshape(out_h * out_w, o, k), _as_lon(grad_out)
+    _check_shape("weight (H', W', O, C, kH, kW)", weight, (*out_size, o, c, kh, kw))
+    _check_shape("grad_out (N, O, H', W')", grad_out, (n, o, *out_size))
+    w_lok, g_lon = weight.reshape(out_h * out_w, o, k), _batch_innermost(grad_out).reshape(-1, o, n)
     (h, w), (top, bottom, left, right) = _pair(in_size, "in_size"), pads
     grad_in = grad_out.new_zeros(h + top + bottom, w + left + right, c, n)
-    scatter = torch.Tensor.copy_ if sh >= kh and sw >= kw else torch.Tensor.add_
-    dp_buffer = None
-    for r0, r1 in _row_chunks(out_size, k, n, grad_out):
-        l0, l1 = r0 * out_w, r1 * out_w
-        if dp_buffer is None:
-            dp_buffer = grad_out.new_empty((l1 - l0) * k * n)
-        dp = dp_buffer[:(l1 - l0) * k * n].view(l1 - l0, k, n)
+    scatter = torch.Tensor.copy_ if sh >= kh and sw >= kw else torch.Tensor.add_  # no overlap?
+    for l0, l1, dp in _chunk_buffers(out_size, k, n, grad_out):
         torch.bmm(w_lok[l0:l1].transpose(1, 2), g_lon[l0:l1], out=dp)
+        r0, r1 = l0 // out_w, l1 // out_w
         dp = dp.view(r1 - r0, out_w, c, kh, kw, n)
         for i in range(kh):
             rows = grad_in[r0 * sh + i:(r1 - 1) * sh + i + 1:sh]
@@ -199,54 +204,40 @@ def lc_input_grad(grad_out, weight, in_size, stride, padding):
 
 @torch.no_grad()
 def lc_weight_grad(x, grad_out, kernel_size, stride, padding):
-    """Raw gradient w.r.t. the weight: (H', W', O, C, kH, kW) from input and output grad."""
+    """Raw gradient w.r.t. the weight, (H', W', O, C, kH, kW), from input and output grad."""
     n, c, h, w = x.shape
-    kernel, stride, pads, out_size = _geometry((h, w), kernel_size, stride, padding)
-    out_h, out_w = out_size
-    o, k = grad_out.shape[1], c * kernel[0] * kernel[1]
-    if tuple(grad_out.shape) != (n, o, out_h, out_w):
-        raise BiopropError(f"grad_out must have shape (N, O, H', W') = ({n}, O, {out_h}, "
-                           f"{out_w}), got {tuple(grad_out.shape)}")
-    g_lon = _as_lon(grad_out)
-    windows = _patch_windows(x, kernel, stride, pads, out_size)
-    grad_w = x.new_empty(out_h * out_w, o, k)
-    patch_buffer = None
-    for r0, r1 in _row_chunks(out_size, k, n, x):
-        l0, l1 = r0 * out_w, r1 * out_w
-        if patch_buffer is None:
-            patch_buffer = x.new_empty((l1 - l0) * k * n)
-        patches = patch_buffer[:(l1 - l0) * k * n].view(r1 - r0, out_w, *windows.shape[2:])
-        patches.copy_(windows[r0:r1])
-        torch.bmm(g_lon[l0:l1], patches.view(l1 - l0, k, n).transpose(1, 2), out=grad_w[l0:l1])
+    kernel, stride, pads, (out_h, out_w) = _geometry((h, w), kernel_size, stride, padding)
+    o = grad_out.shape[1]
+    _check_shape("grad_out (N, O, H', W')", grad_out, (n, o, out_h, out_w))
+    g_lon = _batch_innermost(grad_out).reshape(-1, o, n)
+    grad_w = x.new_empty(out_h * out_w, o, c * kernel[0] * kernel[1])
+    for l0, l1, patches in _patch_chunks(x, kernel, stride, pads, (out_h, out_w)):
+        torch.bmm(g_lon[l0:l1], patches.transpose(1, 2), out=grad_w[l0:l1])
     return grad_w.view(out_h, out_w, o, c, *kernel)
 
 
-def _padded_input(x, pads):
-    """The zero-padded input as a logical (N, C, Hp, Wp) tensor (batch-innermost in memory).
-
-    The Functions pad once and hand the padded input with zero padding to both primitives that
-    need it; the patches, and so the results, are bit for bit those of the unpadded call.
-    """
-    return _padded_hwcn(x, pads).permute(3, 2, 0, 1)
-
+# The Functions pad once and hand the padded input (a permuted view of the padded buffer) with
+# zero padding to both primitives that need it: same patches, so bit for bit the same results.
 
 class _LCFunction(torch.autograd.Function):
-    """y = LC(x; W) + b, with the backward built from the raw primitives."""
+    """y = LC(x; W) + b; backward from the primitives (input grad = the transposed map)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
-        padded_x = _padded_input(x, _geometry(x.shape[2:], weight.shape[4:], stride, padding)[2])
+        pads = _geometry(x.shape[2:], weight.shape[4:], stride, padding)[2]
+        padded_x = _padded_hwcn(x, pads).permute(3, 2, 0, 1)
         ctx.save_for_backward(padded_x, weight)
-        ctx.geometry = (tuple(x.shape[2:]), stride, padding)
+        ctx.geometry, ctx.x_is_nchw = (tuple(x.shape[2:]), stride, pads), x.is_contiguous()
         return lc_forward(padded_x, weight, bias, stride, 0)
 
     @staticmethod
     def backward(ctx, grad_out):
         padded_x, weight = ctx.saved_tensors
-        in_size, stride, padding = ctx.geometry
+        in_size, stride, pads = ctx.geometry
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = lc_input_grad(grad_out, weight, in_size, stride, padding)
+            grad_x = _to_nchw_if(lc_input_grad(grad_out, weight, in_size, stride, pads),
+                                 ctx.x_is_nchw)
         if ctx.needs_input_grad[1]:
             grad_w = lc_weight_grad(padded_x, grad_out, weight.shape[4:], stride, 0)
         if ctx.needs_input_grad[2]:
@@ -255,41 +246,40 @@ class _LCFunction(torch.autograd.Function):
 
 
 class _LCTransposeFunction(torch.autograd.Function):
-    """x = LC^T(y; W), the adjoint of the forward map (no bias)."""
+    """x = LC^T(y; W), no bias; backward: grad_y = LC(grad_x), grad_W = lc_weight_grad(grad_x, y)."""
 
     @staticmethod
     def forward(ctx, y, weight, in_size, stride, padding):
+        pads = _geometry(in_size, weight.shape[4:], stride, padding)[2]
         ctx.save_for_backward(y, weight)
-        ctx.geometry = (in_size, stride, padding)
-        return lc_input_grad(y, weight, in_size, stride, padding)
+        ctx.geometry, ctx.y_is_nchw = (in_size, stride, pads), y.is_contiguous()
+        return lc_input_grad(y, weight, in_size, stride, pads)
 
     @staticmethod
     def backward(ctx, grad_x):
         y, weight = ctx.saved_tensors
-        in_size, stride, padding = ctx.geometry
-        padded_grad = _padded_input(grad_x, _geometry(in_size, weight.shape[4:], stride, padding)[2])
+        in_size, stride, pads = ctx.geometry
+        padded_grad = _padded_hwcn(grad_x, pads).permute(3, 2, 0, 1)
         grad_y = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_y = lc_forward(padded_grad, weight, None, stride, 0)
+            grad_y = _to_nchw_if(lc_forward(padded_grad, weight, None, stride, 0), ctx.y_is_nchw)
         if ctx.needs_input_grad[1]:
             grad_w = lc_weight_grad(padded_grad, y, weight.shape[4:], stride, 0)
         return grad_y, grad_w, None, None, None
 
 
 def locally_connected2d(x, weight, bias=None, stride=1, padding=(0, 0, 0, 0)):
-    """Functional LC forward, differentiable w.r.t. x, weight and bias."""
+    """Functional LC forward (N, C, H, W) -> (N, O, H', W'), differentiable w.r.t. x, W, b."""
     if x.dim() != 4:
         raise BiopropError(f"input must be (N, C, H, W), got shape {tuple(x.shape)}")
     return _LCFunction.apply(x, weight, bias, stride, padding)
 
 
 def locally_connected2d_transpose(y, weight, in_size, stride=1, padding=(0, 0, 0, 0)):
-    """Functional transposed LC map (N, O, H', W') -> (N, C, H, W), differentiable w.r.t. y and W."""
-    out_h, out_w, o = weight.shape[:3]
-    if y.dim() != 4 or tuple(y.shape[1:]) != (o, out_h, out_w):
-        raise BiopropError(f"input of the transposed map must be (N, O, H', W') = "
-                           f"(N, {o}, {out_h}, {out_w}), got shape {tuple(y.shape)}")
-    return _LCTransposeFunction.apply(y, weight, tuple(_pair(in_size, "in_size")), stride, padding)
+    """Functional transposed LC map (N, O, H', W') -> (N, C, H, W), differentiable w.r.t. y, W."""
+    if y.dim() != 4:
+        raise BiopropError(f"input must be (N, O, H', W'), got shape {tuple(y.shape)}")
+    return _LCTransposeFunction.apply(y, weight, _pair(in_size, "in_size"), stride, padding)
 
 
 class LocallyConnected2d(nn.Module):
@@ -320,7 +310,7 @@ class LocallyConnected2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Glorot uniform with Keras' conv fans: C*kH*kW in, O*kH*kW out; zero bias."""
+        """Glorot uniform with Keras' conv fans (C*kH*kW in, O*kH*kW out); zero bias."""
         area = self.kernel_size[0] * self.kernel_size[1]
         bound = math.sqrt(6.0 / (self.in_channels * area + self.out_channels * area))
         nn.init.uniform_(self.weight, -bound, bound)
@@ -341,9 +331,7 @@ class LocallyConnected2d(nn.Module):
         """The adjoint map (N, O, H', W') -> (N, C, H, W), no bias; ``weight`` defaults to ours."""
         self._check_input(y, self.out_channels, self.out_size, "transpose")
         weight = self.weight if weight is None else weight
-        if weight.shape != self.weight.shape:
-            raise BiopropError(f"weight must have shape {tuple(self.weight.shape)}, "
-                               f"got {tuple(weight.shape)}")
+        _check_shape("weight", weight, self.weight.shape)
         return _LCTransposeFunction.apply(y, weight, self.in_size, self.stride, self.padding)
 
     def extra_repr(self):

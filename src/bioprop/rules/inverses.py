@@ -140,3 +140,12 @@ class OutputInverse(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return torch.tanh(torch.addmm(self.bias, u, self.weight)).reshape(u.shape[0], *self.out_shape)
+
+    def label_difference(self, u: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+        """``g(û) - g(u)``, where ``û`` is ``u`` with its first ``classes`` columns (the probabilities)
+        replaced by the one-hot labels ``y``. The pre-activations differ by ``V[y] - p V_classes``, so
+        the second call costs no product with the auxiliary columns of ``V`` (AO-SDTP)."""
+        pre = torch.addmm(self.bias, u, self.weight)
+        head = self.weight[:classes]
+        pre_target = pre + (head.index_select(0, y) - u[:, :classes].mm(head))
+        return (torch.tanh(pre_target) - torch.tanh(pre)).reshape(u.shape[0], *self.out_shape)

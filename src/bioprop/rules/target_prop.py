@@ -65,10 +65,10 @@ class DifferenceTargetProp(TargetPropagationRule):
     @dataclass
     class Options(TPOptions):
         alpha: float = field(default=0.15, metadata={
-            "help": "dtp: step size of the penultimate target h_{L-1} - alpha dL/dh_{L-1}"})
+            "help": "dtp: step size of the penultimate target h_{L-1} - alpha dL/dh_{L-1}; rule default: 0.15"})
         target_reduction: str = field(default="sum", metadata={
             "help": "dtp: batch reduction of the cross-entropy L in the penultimate target: 'sum' "
-                    "(per-example gradient) or 'mean' (1/batch of it, as Lee et al.'s code)",
+                    "(per-example gradient) or 'mean' (1/batch of it, as Lee et al.'s code); rule default: sum",
             "choices": list(TARGET_REDUCTIONS)})
 
     default_inverse_loss = "noise-preserving"
@@ -98,7 +98,8 @@ class AuxiliaryOutputSDTP(TargetPropagationRule):
     @dataclass
     class Options(TPOptions):
         aux_units: int = field(default=512, metadata={
-            "help": "ao-sdtp: number of auxiliary output units z (fixed random tanh features of h_{L-1})"})
+            "help": "ao-sdtp: number of auxiliary output units z (fixed random tanh features of h_{L-1}); "
+                    "rule default: 512"})
 
     def __init__(self, model, options=None, seed=0):
         super().__init__(model, options, seed)

@@ -31,9 +31,11 @@ are computed.
 Diagnostics (every ``diagnostics_every`` training batches, written per epoch by the trainer):
 ``reconstruction_error/layer{l}`` = ||h_{l-1} - g_l(f_l(h_{l-1}))||² / ||h_{l-1}||² over the batch
 (clean, relative), ``inverse_loss/layer{l}`` and ``forward_loss/layer{l}`` (the trained losses), and
-``target_angle/layer{l}``, the mean over examples of the angle (degrees) between the target shift
-ĥ_l - h_l and the negative backprop gradient -dL/dh_l of the batch-mean cross-entropy, computed by
-autograd with the same parameters on the same batch. Layers are numbered from 1 (h_l is the
+``target_angle/layer{l}``, the angle (degrees) between the target shift ĥ_l - h_l and the negative
+backprop gradient -dL/dh_l of the batch-mean cross-entropy, both flattened over the whole batch
+(so examples weigh by the size of their error; per-example angles of well-classified examples are
+dominated by float32 rounding of p - y*), computed by autograd with the same parameters on the
+same batch. Layers are numbered from 1 (h_l is the
 output of block l).
 """
 
@@ -61,18 +63,19 @@ class TPOptions:
 
     schedule: str = field(default="parallel", metadata={
         "help": "target propagation: 'parallel' (forward and inverse losses every mini-batch) or "
-                "'alternating' (one epoch of inverse training, then one of forward training, ...)",
+                "'alternating' (one epoch of inverse training, then one of forward training, ...); "
+                "rule default: parallel",
         "choices": list(SCHEDULES)})
     noise: float = field(default=0.2, metadata={
         "help": "target propagation: standard deviation sigma of the Gaussian noise added to h_{l-1} "
-                "when training the inverses"})
+                "when training the inverses; rule default: 0.2"})
     inverse_loss: str | None = field(default=None, metadata={
         "help": "target propagation: inverse training loss, 'noise-preserving' ||h~ - g(f(h~))||^2 or "
                 "'denoising' ||h - g(f(h~))||^2 (default: noise-preserving for dtp, denoising for the others)",
         "choices": list(INVERSE_LOSSES)})
     diagnostics_every: int = field(default=20, metadata={
         "help": "target propagation: compute reconstruction errors and target/backprop angles every N "
-                "training batches (0: never)"})
+                "training batches (0: never); rule default: 20"})
 
 
 @dataclass
@@ -92,6 +95,17 @@ class LocalLosses:
 def squared_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """½ ||output - target||², summed over units, averaged over the batch."""
     return F.mse_loss(output, target, reduction="sum") * (0.5 / output.shape[0])
+
+
+def gaussian_noise(like: torch.Tensor, sigma: float) -> torch.Tensor:
+    """N(0, sigma²) noise with ``like``'s shape *and memory layout*, drawn in one contiguous pass.
+
+    ``torch.randn_like`` on the batch-innermost (permuted) activations of LC layers takes a slow
+    strided path on CPU (several times slower); filling the dense storage directly does not.
+    """
+    noise = torch.empty_like(like)  # same strides for dense tensors, else contiguous
+    noise.as_strided((noise.numel(),), (1,)).normal_(0.0, sigma)
+    return noise
 
 
 def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -211,15 +225,22 @@ class TargetPropagationRule(LearningRule):
     # -- targets -----------------------------------------------------------------------------
     @staticmethod
     def difference(g: nn.Module, below: torch.Tensor, above: torch.Tensor, target_above: torch.Tensor):
-        """``below - g(above) + g(target_above)``; both inverse calls in one batch."""
+        """``below - g(above) + g(target_above)``.
+
+        For flat activations both inverse calls run as one call on the concatenated batch (one
+        larger matrix product); feature maps go in two calls, because concatenating the
+        batch-innermost LC activations along the batch costs a layout change (measured slower).
+        """
+        if above.dim() > 2:
+            return below + (g(target_above) - g(above))
         n = above.shape[0]
         both = g(torch.cat([target_above, above]))
         return below + (both[:n] - both[n:])
 
     def penultimate_target(self, h: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        """ĥ_{L-1}; default (SDTP): h_{L-1} - g_L(p) + g_L(one-hot)."""
+        """ĥ_{L-1}; default (SDTP): h_{L-1} - g_L(p) + g_L(one-hot) (AO-SDTP: with z in both calls)."""
         features = self.output_features(h[-2], h[-1])
-        return self.difference(self.inverse(len(h) - 1), h[-2], features, self.output_target(features, y))
+        return h[-2] + self.inverse(len(h) - 1).label_difference(features, y, self.model.num_classes)
 
     def propagate_target(self, index: int, h: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """ĥ_{index-1} from ĥ_index (0-based blocks); default: the difference correction."""
@@ -250,7 +271,7 @@ class TargetPropagationRule(LearningRule):
         losses = {}
         for index in self.inverse_indices():
             clean = h[index - 1]
-            noisy = clean + sigma * torch.randn_like(clean) if sigma > 0 else clean
+            noisy = clean + gaussian_noise(clean, sigma) if sigma > 0 else clean
             with torch.no_grad():
                 above = self.model.blocks[index](noisy)
                 if index == last:
@@ -298,7 +319,8 @@ class TargetPropagationRule(LearningRule):
         if losses.targets is not None:
             gradients = self.backprop_gradients(x, y)
             for index, (target, gradient) in enumerate(zip(losses.targets, gradients)):
-                angle = angle_degrees(target - h[index], -gradient).mean()
+                # one angle for the whole batch (flattened): examples weigh by the size of their error
+                angle = angle_degrees((target - h[index]).reshape(1, -1), -gradient.reshape(1, -1))[0]
                 values[f"target_angle/{self.layer_name(index)}"] = angle
         if not values:
             return {}

@@ -119,8 +119,8 @@ class Trainer:
             raise BiopropError(f"{self.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
                                f"or choose another --out")
         checkpoint = load_torch(path)
-        saved, current = dict(checkpoint["config"]), self.config.to_dict()
-        changed = [key for key in current if key not in ("epochs", "device") and saved.get(key) != current[key]]
+        saved, current = _comparable(checkpoint["config"]), _comparable(self.config.to_dict())
+        changed = [key for key in current if saved.get(key) != current[key]]
         if changed:
             raise BiopropError(f"--resume: the config differs from the saved run in {', '.join(changed)}")
         return checkpoint
@@ -220,6 +220,14 @@ class Trainer:
                     "rng": rng, "metrics": self.metrics}, self.out / CHECKPOINT)
         save_jsonl(self.metrics, self.out / "metrics.jsonl")
         save_json({"config": self.config.to_dict(), **summarize(self.metrics)}, self.out / "results.json")
+
+
+def _comparable(config: dict) -> dict:
+    """The settings a resumed run must share with the saved one: all but the epoch budget and
+    where things run or are read from (device, data folder, loader workers)."""
+    config = {key: value for key, value in config.items() if key not in ("epochs", "device")}
+    config["data"] = {key: value for key, value in config["data"].items() if key not in ("data_dir", "num_workers")}
+    return config
 
 
 def format_row(row: dict, epochs: int) -> str:
