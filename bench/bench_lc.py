@@ -73,6 +73,27 @@ def make_step(module, x):
     return step
 
 
+def cpu_times():
+    """(busy CPU seconds of the whole machine, of this process, wall time), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    busy = sum(fields) - fields[3] - fields[4]          # all but idle and iowait
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.perf_counter()
+
+
+def other_processes_cpu_share(before):
+    """Fraction of all cores' time that other processes used since ``before``."""
+    after = cpu_times()
+    if before is None or after is None:
+        return None
+    machine, own, wall = (a - b for a, b in zip(after, before))
+    return max(machine - own, 0.0) / (wall * os.cpu_count())
+
+
 def time_once(step, iters):
     start = time.perf_counter()
     for _ in range(iters):
@@ -93,8 +114,8 @@ def build_steps(batch, mode):
 
     mode "network": every variant gets its input in the layout that the previous layer of its
     own kind produces (batch-innermost for ours, contiguous NCHW for naive and conv), and the
-    first layer's input is data (no input grad).  mode "contiguous": every variant gets a
-    contiguous NCHW input and computes the input grad too.
+    first layer's input is data (no input grad, so 2 instead of 3 matmuls' worth of FLOPs).
+    mode "contiguous": every variant gets a contiguous NCHW input and computes the input grad.
     """
     layers = {}
     for index, (name, (c, h, w), k, o, s) in enumerate(CIFAR_LAYERS + MNIST_LAYERS):
@@ -105,7 +126,8 @@ def build_steps(batch, mode):
         x_ours = make_input(batch, (c, h, w), ours_innermost, needs_grad)
         x_torch = make_input(batch, (c, h, w), False, needs_grad)
         out_h, out_w = lc.out_size
-        layers[name] = {"flops": 3 * 2 * batch * out_h * out_w * c * k * k * o, "steps": {
+        products = 3 if needs_grad else 2       # forward, weight grad (and input grad)
+        layers[name] = {"flops": products * 2 * batch * out_h * out_w * c * k * k * o, "steps": {
             "ours": make_step(lc, x_ours), "naive": make_step(NaiveLC(lc), x_torch),
             "conv": make_step(PaddedConv(c, o, k, s, same_padding((h, w), k, s)), x_torch)}}
     return layers
@@ -151,7 +173,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    load_before = os.getloadavg()[0]
+    cpu_before = cpu_times()
 
     modes = {mode: build_steps(args.batch, mode) for mode in ("network", "contiguous")}
     a, b = torch.randn(256, 1152), torch.randn(1152, 8192)
@@ -174,19 +196,23 @@ def main():
             samples[mode, name, variant].append(time_once(modes[mode][name]["steps"][variant], n))
     matmul_gflops = matmul_flops / statistics.median(matmul_samples) / 1e9
 
+    others = other_processes_cpu_share(cpu_before)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.repeats} repeats (median), forward+backward, fp32, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, "
-          f"load average before the run {load_before:.2f}")
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
+    if others is not None:
+        print(f"other processes used {100 * others:.0f}% of the machine's CPU time during the run"
+              f"{' -- numbers are unreliable' if others > 0.05 else ''}")
     print(f"plain matmul (torch.mm 256x1152 @ 1152x8192): {matmul_gflops:.1f} GFLOP/s")
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                "batch": args.batch, "repeats": args.repeats, "thp": args.thp,
-               "load_average": load_before, "matmul_gflops": matmul_gflops}
+               "other_processes_cpu_share": others, "matmul_gflops": matmul_gflops}
     titles = {"network": "inputs/grads in each layer's own output layout (as inside a network)",
               "contiguous": "contiguous NCHW inputs, input grad computed for every layer"}
     for mode, layers in modes.items():
         mode_samples = {(name, v): samples[mode, name, v] for (m, name, v) in samples if m == mode}
         results[mode] = report(titles[mode], layers, mode_samples, matmul_gflops)
+    print("\ntargets: naive/ours >= 2x (stretch 3x), ours/conv <= 3x (stretch 2.5x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

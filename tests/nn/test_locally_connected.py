@@ -77,6 +77,9 @@ def test_tied_weights_equal_conv2d_forward_and_gradients(case):
     out = layer(x)
     expected = conv_reference(x, kernel, layer) + layer.bias.detach()
     assert out.shape == expected.shape == (3, o, *layer.out_size)
+    if case[5] == "same":
+        strides = (case[4],) * 2 if isinstance(case[4], int) else case[4]
+        assert layer.out_size == tuple(math.ceil(n / s) for n, s in zip(case[2], strides))
     torch.testing.assert_close(out, expected)
 
     grad_out = torch.randn_like(expected)

@@ -2,7 +2,6 @@
 local loss, backprop as the special case g = transposed Jacobian, schedules, option errors,
 updates for every rule x model, and the CLI end to end on real MNIST."""
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -18,8 +17,8 @@ from bioprop.models.network import Block, Network
 from bioprop.rules import create_rule
 from bioprop.rules.base import task_loss
 from bioprop.rules.tp_base import angle_degrees, gaussian_noise, squared_error
-from bioprop.training.trainer import make_optimizer
 from bioprop.training.config import AdamConfig
+from bioprop.training.trainer import make_optimizer
 
 TP_RULES = ["tp", "dtp", "sdtp", "ao-sdtp"]
 LAYER_TYPE_MODELS = ["mnist-fc", "mnist-lc", "mnist-conv"]  # FC, LC (+ flatten), conv (+ flatten)

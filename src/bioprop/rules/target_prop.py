@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from bioprop.errors import BiopropError
 from bioprop.rules.base import register_rule
+from bioprop.rules.inverses import fast_tanh
 from bioprop.rules.tp_base import TargetPropagationRule, TPOptions
 
 TARGET_REDUCTIONS = ("sum", "mean")
@@ -121,7 +122,7 @@ class AuxiliaryOutputSDTP(TargetPropagationRule):
 
     def auxiliary(self, penultimate: torch.Tensor) -> torch.Tensor:
         """z = tanh(R flatten(h_{L-1})), R fixed."""
-        return torch.tanh(penultimate.flatten(1).mm(self.aux_weight.t()))
+        return fast_tanh(penultimate.flatten(1).mm(self.aux_weight.t()))
 
     def output_features(self, penultimate, logits):
         return torch.cat([torch.softmax(logits, dim=1), self.auxiliary(penultimate)], dim=1)

@@ -51,7 +51,7 @@ from torch import nn
 
 from bioprop.errors import BiopropError
 from bioprop.rules.base import LearningRule, StepResult, task_loss
-from bioprop.rules.inverses import OutputInverse, build_inverse
+from bioprop.rules.inverses import OutputInverse, build_inverse, fast_tanh
 
 SCHEDULES = ("parallel", "alternating")
 INVERSE_LOSSES = ("noise-preserving", "denoising")
@@ -273,7 +273,10 @@ class TargetPropagationRule(LearningRule):
             clean = h[index - 1]
             noisy = clean + gaussian_noise(clean, sigma) if sigma > 0 else clean
             with torch.no_grad():
-                above = self.model.blocks[index](noisy)
+                block = self.model.blocks[index]
+                above = block.layer(block.prepare(noisy))  # f_l(h̃) = block(h̃), with the faster tanh
+                if block.activation == "tanh":
+                    above = fast_tanh(above)
                 if index == last:
                     above = self.output_features(noisy, above)
             losses[index] = squared_error(self.inverse(index)(above), noisy if preserving else clean)
