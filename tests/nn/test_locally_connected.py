@@ -97,7 +97,8 @@ def test_transpose_equals_vjp_of_forward(case):
     y = torch.randn(2, case[1], *layer.out_size, dtype=DOUBLE)
     (vjp,) = torch.autograd.grad(layer(x), x, grad_outputs=y)
     torch.testing.assert_close(layer.transpose(y), vjp)
-    functional = locally_connected2d_transpose(y, layer.weight, case[2], layer.stride, layer.padding)
+    functional = locally_connected2d_transpose(y, layer.weight, case[2], layer.stride,
+                                               layer.padding)
     torch.testing.assert_close(functional, vjp)
 
 

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except BiopropError as error:
         print(f"bioprop: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("bioprop: interrupted", file=sys.stderr)
         return 130

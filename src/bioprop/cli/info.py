@@ -33,7 +33,9 @@ def show_models(args) -> int:
 def show_rules(args) -> int:
     for name in RULES.names():
         rule_class = RULES.get(name)
-        summary = inspect.getdoc(sys.modules[rule_class.__module__]) or ""
+        # the rule class's own docstring, else its module's (one file per rule)
+        summary = rule_class.__dict__.get("__doc__") or inspect.getdoc(sys.modules[rule_class.__module__]) or ""
+        summary = inspect.cleandoc(summary)
         print(f"{name:<9} {summary.splitlines()[0] if summary else ''}")
         for option in dataclasses.fields(rule_class.Options):
             print(f"{'':<9}   --{option.name.replace('_', '-')} (default {option.default!r}) "

@@ -246,7 +246,7 @@ class _LCFunction(torch.autograd.Function):
 
 
 class _LCTransposeFunction(torch.autograd.Function):
-    """x = LC^T(y; W), no bias; backward: grad_y = LC(grad_x), grad_W = lc_weight_grad(grad_x, y)."""
+    """x = LC^T(y; W), no bias.  grad_y = LC(grad_x), grad_W = lc_weight_grad(grad_x, y)."""
 
     @staticmethod
     def forward(ctx, y, weight, in_size, stride, padding):
