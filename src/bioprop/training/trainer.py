@@ -11,6 +11,7 @@ augmentation depend only on ``(seed, epoch)``, so a resumed run replays the same
 from __future__ import annotations
 
 import time
+from itertools import islice
 from collections import defaultdict
 from pathlib import Path
 
@@ -50,23 +51,22 @@ def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, devi
     """Error (%), top-5 error (%, when there are more than 10 classes) and mean loss on ``split``."""
     was_training = rule_or_model.training
     rule_or_model.eval()
-    wrong = wrong_top5 = seen = classes = 0
-    loss_sum = 0.0
-    for index, (x, y) in enumerate(split.batches(batch_size, shuffle=False, device=device)):
-        if limit_batches is not None and index >= limit_batches:
-            break
+    # sums stay on the device: one synchronisation per evaluation, not one per batch
+    wrong = wrong_top5 = loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    seen = classes = 0
+    for x, y in islice(split.batches(batch_size, shuffle=False, device=device), limit_batches):
         logits = rule_or_model(x)
         classes = logits.shape[1]
-        loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        wrong += (logits.argmax(1) != y).sum().item()
+        loss_sum = loss_sum + torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+        wrong = wrong + (logits.argmax(1) != y).sum()
         if classes > 10:
             top5 = logits.topk(5, dim=1).indices
-            wrong_top5 += (~(top5 == y[:, None]).any(1)).sum().item()
+            wrong_top5 = wrong_top5 + (~(top5 == y[:, None]).any(1)).sum()
         seen += len(y)
     rule_or_model.train(was_training)
-    result = {"error": 100.0 * wrong / seen, "loss": loss_sum / seen}
+    result = {"error": 100.0 * wrong.item() / seen, "loss": loss_sum.item() / seen}
     if classes > 10:
-        result["top5_error"] = 100.0 * wrong_top5 / seen
+        result["top5_error"] = 100.0 * wrong_top5.item() / seen
     return result
 
 
@@ -169,18 +169,18 @@ class Trainer:
         if config.limit_batches is not None:
             total = min(total, config.limit_batches)
         started = time.perf_counter()
-        steps = seen = wrong = 0
-        loss_sum = 0.0
-        for x, y in tqdm(batches, total=total, desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress):
-            if steps >= total:
-                break
+        steps = seen = 0
+        # running sums stay on the device: no synchronisation per batch
+        wrong = loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for x, y in tqdm(islice(batches, total), total=total, desc=f"epoch {epoch + 1}", leave=False,
+                         disable=not self.progress):
             for group in phases:
                 self.optimizers[group].zero_grad(set_to_none=True)
             step = rule.compute_gradients(x, y, phases)
             for group in phases:
                 self.optimizers[group].step()
-            loss_sum += step.loss.item() * len(y)
-            wrong += (step.logits.argmax(1) != y).sum().item()
+            loss_sum = loss_sum + step.loss.double() * len(y)
+            wrong = wrong + (step.logits.argmax(1) != y).sum()
             seen += len(y)
             for key, value in step.diagnostics.items():
                 totals[key] += float(value)
@@ -189,8 +189,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        row = {"epoch": epoch + 1, "phases": list(phases), "train_loss": loss_sum / seen,
-               "train_error": 100.0 * wrong / seen}
+        row = {"epoch": epoch + 1, "phases": list(phases), "train_loss": loss_sum.item() / seen,
+               "train_error": 100.0 * wrong.item() / seen}
         row.update(self._evaluate_splits())
         row["seconds"] = seconds
         if totals:
