@@ -80,9 +80,8 @@ def train_batches(rule, optimizers, data, phases_per_batch):
 
 
 def phase_plan(rule, schedule, count):
-    if schedule == "alternating":  # half the batches as in an inverse epoch, half as in a forward epoch
-        return [rule.phases(0)] * (count // 2) + [rule.phases(1)] * (count - count // 2)
-    return [rule.phases(0)] * count
+    passes = rule.passes()  # alternating: half the batches as in the inverse pass, half as in the forward pass
+    return [groups for index, groups in enumerate(passes) for _ in range(count // len(passes) + (index < count % len(passes)))]
 
 
 def bench_model(model_name, batch_size, batches, repeats, warmup, variants, log, fused_adam=False):

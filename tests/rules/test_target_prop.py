@@ -121,12 +121,12 @@ def test_gradients_fill_only_the_groups_being_trained(rule_name):
     rule = make_rule(rule_name, model)
     x, y = batch(model)
     groups = rule.parameter_groups()
-    for phases in (("forward",), ("inverse",)):
+    for trained in (("forward",), ("inverse",)):
         rule.zero_grad(set_to_none=True)
-        rule.compute_gradients(x, y, phases)
+        rule.compute_gradients(x, y, trained)
         for group, params in groups.items():
             for parameter in params:
-                assert (parameter.grad is not None) == (group in phases), (phases, group)
+                assert (parameter.grad is not None) == (group in trained), (trained, group)
 
 
 # -- targets with known answers --------------------------------------------------------------------
@@ -309,27 +309,26 @@ def test_squared_error_is_half_the_sum_over_units_averaged_over_the_batch():
 
 # -- schedules ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("rule_name", TP_RULES)
-def test_alternating_schedule_trains_one_group_per_epoch(rule_name):
+def test_alternating_epoch_is_an_inverse_pass_then_a_forward_pass(rule_name):
     torch.manual_seed(0)
     model = create_model("mnist-lc")
     rule = make_rule(rule_name, model, schedule="alternating")
     parallel = make_rule(rule_name, create_model("mnist-fc"))
-    assert [parallel.phases(e) for e in range(3)] == [("forward", "inverse")] * 3
-    assert [rule.phases(e) for e in range(4)] == [("inverse",), ("forward",), ("inverse",), ("forward",)]
+    assert parallel.passes() == (("forward", "inverse"),)
+    assert rule.passes() == (("inverse",), ("forward",))
     groups = rule.parameter_groups()
     optimizers = {g: make_optimizer(p, AdamConfig(lr=1e-3)) for g, p in groups.items()}
-    for epoch in range(2):
-        phases = rule.phases(epoch)
+    for index, trained in enumerate(rule.passes()):
         before = {g: [p.detach().clone() for p in params] for g, params in groups.items()}
         for step in range(2):
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
-            rule.compute_gradients(*batch(model, size=3, seed=10 * epoch + step), phases)
+            rule.compute_gradients(*batch(model, size=3, seed=10 * index + step), trained)
             for optimizer in optimizers.values():  # all of them: an untouched group must not move
                 optimizer.step()
         for group, params in groups.items():
             changed = [not torch.equal(p, q) for p, q in zip(params, before[group])]
-            assert all(changed) if group in phases else not any(changed), (epoch, group)
+            assert all(changed) if group in trained else not any(changed), (index, group)
 
 
 # -- every parameter learns, every rule x model -------------------------------------------------------
@@ -457,12 +456,15 @@ def test_cli_trains_dtp_alternating_on_real_mnist_and_writes_diagnostics(tmp_pat
                    "--device", "cpu"])
     assert status == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["phases"] for row in rows] == [["inverse"], ["forward"]]
+    assert len(rows) == 2 and all([p["groups"] for p in row["passes"]] == [["inverse"], ["forward"]] for row in rows)
     config = json.loads((out / "config.json").read_text())
     assert config["rule_options"] == {"schedule": "alternating", "alpha": 0.2, "noise": 0.2, "diagnostics_every": 2}
     for row in rows:
-        diagnostics = row["diagnostics"]
-        assert {"reconstruction_error/layer2", "target_angle/layer1", "target_angle/layer5"} <= set(diagnostics)
-        assert diagnostics["target_angle/layer5"] == pytest.approx(0.0, abs=1e-2)
-    assert "inverse_loss/layer2" in rows[0]["diagnostics"] and "forward_loss/layer1" not in rows[0]["diagnostics"]
-    assert "forward_loss/layer1" in rows[1]["diagnostics"] and "inverse_loss/layer2" not in rows[1]["diagnostics"]
+        inverse_pass, forward_pass = row["passes"]
+        for diagnostics in (inverse_pass["diagnostics"], forward_pass["diagnostics"]):
+            assert {"reconstruction_error/layer2", "target_angle/layer1", "target_angle/layer5"} <= set(diagnostics)
+            assert diagnostics["target_angle/layer5"] == pytest.approx(0.0, abs=1e-2)
+        assert "inverse_loss/layer2" in inverse_pass["diagnostics"]
+        assert "forward_loss/layer1" not in inverse_pass["diagnostics"]
+        assert "forward_loss/layer1" in forward_pass["diagnostics"]
+        assert "inverse_loss/layer2" not in forward_pass["diagnostics"]

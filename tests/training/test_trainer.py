@@ -8,7 +8,7 @@ import torch
 
 from bioprop.data import DataConfig
 from bioprop.errors import BiopropError
-from bioprop.training import AdamConfig, TrainConfig, Trainer, summarize, train
+from bioprop.training import AdamConfig, TrainConfig, Trainer, summarize, train, without_timings
 
 
 def config(shared_data, **overrides):
@@ -49,7 +49,7 @@ def test_training_reduces_the_error(shared_data):
 @pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
 def test_same_seed_same_numbers(shared_data, rule):
     runs = [train(config(shared_data, rule=rule, epochs=1), progress=False, log=quiet) for _ in range(2)]
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    strip = without_timings
     assert strip(runs[0]["metrics"]) == strip(runs[1]["metrics"])
     other = train(config(shared_data, rule=rule, epochs=1, seed=1), progress=False, log=quiet)
     assert strip(other["metrics"]) != strip(runs[0]["metrics"])
@@ -59,7 +59,7 @@ def test_resume_continues_exactly(shared_data, tmp_path):
     straight = train(config(shared_data, epochs=3), out=tmp_path / "straight", progress=False, log=quiet)
     train(config(shared_data, epochs=1), out=tmp_path / "resumed", progress=False, log=quiet)
     resumed = train(config(shared_data, epochs=3), out=tmp_path / "resumed", resume=True, progress=False, log=quiet)
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    strip = without_timings
     assert strip(resumed["metrics"]) == strip(straight["metrics"])
     for key, value in straight["rule"].state_dict().items():
         assert torch.equal(value, resumed["rule"].state_dict()[key]), key
@@ -75,8 +75,9 @@ def test_existing_run_is_not_overwritten_and_resume_checks_config(shared_data, t
     with pytest.raises(BiopropError, match="differs from the saved run in batch_size"):
         Trainer(config(shared_data, batch_size=20), out=tmp_path, resume=True, progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
-    with pytest.raises(BiopropError, match="no checkpoint"):
-        Trainer(config(shared_data), out=tmp_path / "empty", resume=True, progress=False)
+    notes = []  # --resume on a folder without a checkpoint starts afresh: re-running a command is safe
+    Trainer(config(shared_data), out=tmp_path / "empty", resume=True, progress=False, log=notes.append)
+    assert notes and "starting the run from the beginning" in notes[0]
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bioprop.cli import data, info, presets, report, reproduce, search, train
+from bioprop.cli import data, info, plan, presets, report, reproduce, search, train
 from bioprop.errors import BiopropError
+from bioprop.training import DivergenceError
 
-COMMANDS = [train, data, info, presets, reproduce, report, search]
+COMMANDS = [train, data, info, presets, reproduce, report, search, plan]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
+    except DivergenceError as error:  # a result, not bad input: its own exit status
+        print(f"bioprop: diverged: {error}", file=sys.stderr)
+        return 3
     except BiopropError as error:
         print(f"bioprop: error: {error}", file=sys.stderr)
         return 2

@@ -34,6 +34,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--normalization", choices=["standard", "dataset", "none"])
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="random crop + flip on the training set (default: on for CIFAR-10 only)")
+    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes for the imagenet folder loader "
+                        "(default: 0, decode in the training process)")
     parser.add_argument("--model", help="network name (see `bioprop models`)")
     parser.add_argument("--rule", help="learning rule (see `bioprop rules`)")
     parser.add_argument("--epochs", type=int)
@@ -49,8 +51,19 @@ def add_parser(subparsers) -> None:
         options.add_argument(f"--{name.replace('_', '-')}", dest=f"rule_{name}", type=kind,
                              choices=option.metadata.get("choices"), help=option.metadata.get("help"))
     parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    parser.add_argument("--limit-batches", type=int, help="train on at most this many batches per epoch")
+    parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"],
+                        help="fp32; tf32 (TensorFloat-32 matmuls on CUDA); bf16 (autocast, fp32 master weights) "
+                             "(default: fp32)")
+    parser.add_argument("--optimizer-impl", choices=["auto", "fused", "foreach", "plain"],
+                        help="Adam kernel; auto = fused where the device supports it (default: auto)")
+    parser.add_argument("--limit-batches", type=int, help="train on at most this many batches per pass")
     parser.add_argument("--limit-eval-batches", type=int, help="evaluate at most this many batches per split")
+    parser.add_argument("--train-eval-size", type=int,
+                        help="evaluate the train error on a fixed random subset of this many training examples "
+                             "(default: the whole training split)")
+    parser.add_argument("--checkpoint-every",
+                        help="also checkpoint within a pass: every N steps (e.g. 500) or minutes (e.g. 30min); "
+                             "a checkpoint is always written at the end of every pass")
     parser.add_argument("--out", help="run folder for config.json, metrics.jsonl, results.json, checkpoint.pt")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,10 +78,11 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
         base = TrainConfig(data=DataConfig(name=args.data), model=args.model)
     config = TrainConfig.from_dict(base.to_dict())  # a copy
     data_flags = {"name": args.data, "data_dir": args.data_dir, "val_size": args.val_size,
-                  "normalization": args.normalization, "augment": args.augment}
+                  "normalization": args.normalization, "augment": args.augment,
+                  "num_workers": args.num_workers}
     config.data = dataclasses.replace(config.data, **{k: v for k, v in data_flags.items() if v is not None})
-    for flag in ("model", "rule", "epochs", "batch_size", "eval_batch_size", "seed", "device",
-                 "limit_batches", "limit_eval_batches"):
+    for flag in ("model", "rule", "epochs", "batch_size", "eval_batch_size", "seed", "device", "precision",
+                 "optimizer_impl", "limit_batches", "limit_eval_batches", "train_eval_size", "checkpoint_every"):
         if getattr(args, flag) is not None:
             setattr(config, flag, getattr(args, flag))
     for group, prefix in (("forward", ""), ("inverse", "inverse_")):

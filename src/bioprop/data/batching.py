@@ -1,18 +1,27 @@
 """The :class:`Split` interface and :class:`TensorSplit`, the in-memory split.
 
 Every batch order and every augmentation is drawn from :class:`torch.Generator` objects seeded
-from ``(seed, epoch[, rank])``, never from the global RNG, so a run resumed at an epoch
-boundary sees exactly the batches it would have seen. For data-parallel training each epoch's
-permutation is padded (by wrapping around) to a multiple of ``world_size`` (or cut to one with
-``drop_last``) and rank ``r`` takes positions ``r, r + world_size, ...``: the shards are
-disjoint, together cover the split, and every rank gets the same number of batches.
+from stable keys, never from the global RNG:
+
+* the epoch's example order from ``(seed, epoch, "order")``;
+* the augmentation of batch ``i`` of rank ``r`` from ``(seed, epoch, "augment", r, i)``, one
+  fresh generator per batch (:meth:`PlannedBatch.augment_generator`).
+
+So a batch depends only on its key, not on the batches before it: a run resumed at an epoch
+boundary, or in the middle of an epoch with ``batches(..., start=i)``, sees exactly the batches
+it would have seen, and skipped batches are never loaded, decoded or augmented.
+
+For data-parallel training each epoch's permutation is padded (by wrapping around) to a multiple
+of ``world_size`` (or cut to one with ``drop_last``) and rank ``r`` takes positions
+``r, r + world_size, ...``: the shards are disjoint, together cover the split, and every rank
+gets the same number of batches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +58,18 @@ def epoch_indices(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0
     if total > n:  # pad by wrapping around, as DistributedSampler does
         order = order.repeat(math.ceil(total / n))
     return order[:total][rank::world_size]
+
+
+class PlannedBatch(NamedTuple):
+    """One batch of one rank's epoch, before anything is loaded."""
+
+    index: int  # position of the batch in this rank's epoch, 0-based
+    rows: torch.Tensor  # int64 positions in the split of its examples, in order
+    augment_key: tuple  # (seed, epoch, "augment", rank, index)
+
+    def augment_generator(self) -> torch.Generator:
+        """The generator that all random augmentation of this batch draws from."""
+        return make_generator(*self.augment_key)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int,
@@ -94,30 +115,64 @@ class Split:
         raise NotImplementedError
 
     def num_batches(self, batch_size: int, drop_last: bool = False, world_size: int = 1) -> int:
+        """How many batches ``batches`` yields per rank (``start`` not counted)."""
         _check(batch_size, 0, world_size)
         per_rank = shard_size(len(self), world_size, drop_last)
         return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
-    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                augment: bool = False, device="cpu", drop_last: bool = False, rank: int = 0,
-                world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def plan(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+             drop_last: bool = False, rank: int = 0, world_size: int = 1,
+             start: int = 0) -> list[PlannedBatch]:
+        """The batches of one rank's epoch from batch ``start`` on: which examples, which key.
+
+        ``start`` may be 0 .. ``num_batches(...)`` (that many batches are skipped; the last
+        value leaves none); anything else is a :class:`BiopropError`."""
         _check(batch_size, rank, world_size)
         order = epoch_indices(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
                               world_size=world_size, drop_last=drop_last)
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
-        chunks = [order[i:i + batch_size] for i in range(0, stop, batch_size)]
-        generator = make_generator(seed, epoch, "augment", rank)
+        count = math.ceil(stop / batch_size)
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= count:
+            raise BiopropError(f"start={start!r}; expected a batch index in 0..{count} (this "
+                               f"epoch has {count} batches of {batch_size} on each rank)")
+        return [PlannedBatch(i, order[i * batch_size:min((i + 1) * batch_size, stop)],
+                             (seed, epoch, "augment", rank, i))
+                for i in range(start, count)]
+
+    def uint8_batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                      augment: bool = False, device="cpu", drop_last: bool = False,
+                      rank: int = 0, world_size: int = 1,
+                      start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """As :meth:`batches`, but the images stay uint8 (B, C, H, W), not normalised, and
+        may still be on the CPU (pinned, for a CUDA ``device``, where the split can)."""
+        plan = self.plan(batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                         drop_last=drop_last, rank=rank, world_size=world_size, start=start)
+        return self._batches(plan, augment, torch.device(device))
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                augment: bool = False, device="cpu", drop_last: bool = False, rank: int = 0,
+                world_size: int = 1, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of one epoch, from batch index ``start`` on.
+
+        ``list(batches(..., start=k))`` equals ``list(batches(...))[k:]`` exactly (same
+        examples, same augmentation, bit for bit), for any ``k`` in 0..``num_batches(...)``,
+        and the ``k`` skipped batches are not loaded, decoded or augmented."""
         device = torch.device(device)
+        raw = self.uint8_batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                                 augment=augment, device=device, drop_last=drop_last, rank=rank,
+                                 world_size=world_size, start=start)
         c = len(self.mean)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
         scale, shift = 1.0 / (255.0 * std), -mean / std  # (u8 / 255 - mean) / std
-        for x, y in self._batches(chunks, augment, generator, device):
-            yield torch.addcmul(shift, x.to(device, non_blocking=True).float(), scale), y.to(device)
+        for x, y in raw:
+            x = x.to(device, non_blocking=True)
+            yield torch.addcmul(shift, x.float(), scale), y.to(device, non_blocking=True)
 
-    def _batches(self, chunks: list[torch.Tensor], augment: bool, generator: torch.Generator,
+    def _batches(self, plan: list[PlannedBatch], augment: bool,
                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield uint8 (B, C, H, W) images and labels for each chunk of indices."""
+        """Yield uint8 (B, C, H, W) images and int64 labels for each planned batch, in order,
+        every random augmentation of a batch drawn from ``batch.augment_generator()``."""
         raise NotImplementedError
 
 
@@ -151,11 +206,11 @@ class TensorSplit(Split):
     def labels(self) -> torch.Tensor:
         return self.y if self.indices is None else self.y[self.indices]
 
-    def _batches(self, chunks, augment, generator, device):
-        for chunk in chunks:
-            chunk = chunk.to(self.x.device)
-            rows = chunk if self.indices is None else self.indices[chunk]
+    def _batches(self, plan, augment, device):
+        for batch in plan:
+            positions = batch.rows.to(self.x.device)
+            rows = positions if self.indices is None else self.indices[positions]
             x = self.x[rows].to(device, non_blocking=True)
             if augment:
-                x = augment_batch(x, generator, self.crop_padding, self.flip)
+                x = augment_batch(x, batch.augment_generator(), self.crop_padding, self.flip)
             yield x, self.y[rows]

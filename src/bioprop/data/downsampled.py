@@ -5,6 +5,10 @@ Files: ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz`` and ``val_data.
 row-major), ``labels`` (N,) in 1..1000, and (train batches) ``mean``. They are loaded into memory
 as uint8 (N, 3, S, S) tensors with labels shifted to 0..999. The files may sit flat in one folder
 or in the folders of the official downloads; see :meth:`DownsampledImageNet.layouts`.
+
+The splits are :class:`~bioprop.data.batching.TensorSplit` objects, so batching, rank sharding,
+augmentation (random crop with zero padding, flip) and ``batches(..., start=k)`` behave exactly
+as for CIFAR-10 (tests/data/test_data_resume.py checks ``start`` with two ranks).
 """
 
 from __future__ import annotations

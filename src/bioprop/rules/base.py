@@ -9,9 +9,10 @@ The training loop talks to every rule through four methods and never branches on
 
 * ``parameter_groups()`` -> ``{"forward": [...], "inverse": [...]}``: each group gets its own
   optimiser (the paper uses separate Adam settings for forward and inverse weights);
-* ``phases(epoch)``: the groups trained in that epoch (all of them, or one at a time for the
-  alternating schedule of target propagation);
-* ``compute_gradients(x, y, phases)``: fills ``.grad`` of the parameters in ``phases`` for one
+* ``passes()``: what one epoch is, as a sequence of passes over the training data, each naming
+  the groups it trains: one pass training every group (the default), or, for the alternating
+  schedule of target propagation, an inverse pass followed by a forward pass;
+* ``compute_gradients(x, y, groups)``: fills ``.grad`` of the parameters in ``groups`` for one
   mini-batch and returns a :class:`StepResult`; the loop then steps the optimisers. Keeping
   "compute gradients" separate from "apply them" is what lets gradients be all-reduced across
   processes, compared with backprop's for alignment metrics, or clipped, for any rule;
@@ -50,11 +51,13 @@ def register_rule(name: str):
 
 @dataclass
 class StepResult:
-    """What one mini-batch step reports: detached loss and logits, plus per-batch diagnostics."""
+    """What one mini-batch step reports: detached loss and logits, per-batch diagnostics, and the
+    rule's own losses by name (e.g. ``inverse_loss/layer2``), which the trainer checks are finite."""
 
     loss: torch.Tensor
     logits: torch.Tensor
     diagnostics: dict[str, float] = field(default_factory=dict)
+    local_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -84,12 +87,26 @@ class LearningRule(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"forward": list(self.model.parameters())}
 
-    def phases(self, epoch: int) -> tuple[str, ...]:
-        """Parameter groups trained during ``epoch`` (0-based); default: all, every batch."""
-        return tuple(self.parameter_groups())
+    def passes(self) -> tuple[tuple[str, ...], ...]:
+        """One epoch as passes over the training data, each the tuple of groups it trains.
 
-    def compute_gradients(self, x: torch.Tensor, y: torch.Tensor, phases: tuple[str, ...]) -> StepResult:
+        Default: a single pass that trains every group on every mini-batch."""
+        return (tuple(self.parameter_groups()),)
+
+    def compute_gradients(self, x: torch.Tensor, y: torch.Tensor, groups: tuple[str, ...]) -> StepResult:
         raise NotImplementedError
+
+    def set_data_parallel(self, rank: int, world_size: int) -> None:
+        """Called by a data-parallel trainer: this process sees rows ``rank::world_size`` of each
+        global mini-batch. Rules that draw per-example noise or reduce over the batch use it to
+        agree with a single process that sees the whole batch (see :meth:`global_batch_size`)."""
+        self.rank, self.world_size = rank, world_size
+
+    rank: int = 0
+    world_size: int = 1
+
+    def global_batch_size(self, local_batch_size: int) -> int:
+        return local_batch_size * self.world_size
 
     # -- helpers -------------------------------------------------------------------------
     def layer_generator(self, index: int) -> torch.Generator:

@@ -13,7 +13,7 @@ from bioprop.rules.base import LearningRule, StepResult, register_rule, task_los
 
 @register_rule("bp")
 class Backprop(LearningRule):
-    def compute_gradients(self, x, y, phases):
+    def compute_gradients(self, x, y, groups):
         logits = self.model(x)
         loss = task_loss(logits, y)
         loss.backward()

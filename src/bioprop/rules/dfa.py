@@ -50,7 +50,7 @@ class DirectFeedbackAlignment(LearningRule):
         window = self.feedback_matrix[index: index + classes, :units]
         return error.mm(window) * math.sqrt(6.0 / (classes + units))
 
-    def compute_gradients(self, x, y, phases):
+    def compute_gradients(self, x, y, groups):
         hidden = []
         for block in self.model.blocks[:-1]:
             x = block(x)

@@ -70,7 +70,7 @@ class FeedbackAlignment(LearningRule):
             x = block.activate(pre_activation)
         return x
 
-    def compute_gradients(self, x, y, phases):
+    def compute_gradients(self, x, y, groups):
         logits = self.feedback_forward(x)
         loss = task_loss(logits, y)
         loss.backward()

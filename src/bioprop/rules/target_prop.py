@@ -87,7 +87,8 @@ class DifferenceTargetProp(TargetPropagationRule):
     def penultimate_target(self, h, y):
         logits, below = h[-1], h[-2]
         error = torch.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)  # dL/dlogits
-        scale = self.options.alpha / (logits.shape[0] if self.options.target_reduction == "mean" else 1)
+        batch = self.global_batch_size(logits.shape[0])
+        scale = self.options.alpha / (batch if self.options.target_reduction == "mean" else 1)
         gradient = error.mm(self.model.blocks[-1].layer.weight.detach())  # dL/dh_{L-1}: one layer of backprop
         return below - scale * gradient.reshape(below.shape)
 

@@ -23,9 +23,9 @@ Implementation (one mini-batch, :meth:`TargetPropagationRule.compute_gradients`)
 4. a single backward call over all local losses: each loss's graph reaches only its own
    block's (or inverse's) parameters, so the sum gives exactly the local gradients.
 
-Schedules: ``parallel`` trains both parameter groups on every mini-batch; ``alternating``
-trains the inverses for one epoch, then the forward weights for one epoch, and so on (epoch 0
-is an inverse epoch, as in Lee et al.'s DTP code). Only the losses of the groups being trained
+Schedules: ``parallel`` trains both parameter groups on every mini-batch; with ``alternating``
+one epoch is a full pass over the data training the inverses, then a full pass training the
+forward weights (as an epoch of Lee et al.'s DTP code, ``conti_dtp.py``). Only the losses of the groups being trained
 are computed.
 
 Diagnostics (every ``diagnostics_every`` training batches, written per epoch by the trainer):
@@ -63,7 +63,7 @@ class TPOptions:
 
     schedule: str = field(default="parallel", metadata={
         "help": "target propagation: 'parallel' (forward and inverse losses every mini-batch) or "
-                "'alternating' (one epoch of inverse training, then one of forward training, ...); "
+                "'alternating' (each epoch: a full pass training the inverses, then one training the forward weights); "
                 "rule default: parallel",
         "choices": list(SCHEDULES)})
     noise: float = field(default=0.2, metadata={
@@ -106,6 +106,13 @@ def gaussian_noise(like: torch.Tensor, sigma: float) -> torch.Tensor:
     noise = torch.empty_like(like)  # same strides for dense tensors, else contiguous
     noise.as_strided((noise.numel(),), (1,)).normal_(0.0, sigma)
     return noise
+
+
+def empty_with_layout(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` whose dimensions are ordered in memory as ``like``'s."""
+    order = sorted(range(like.dim()), key=lambda dim: -like.stride(dim))
+    storage = torch.empty([shape[dim] for dim in order], dtype=like.dtype, device=like.device)
+    return storage.permute([order.index(dim) for dim in range(like.dim())])
 
 
 def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -177,22 +184,42 @@ class TargetPropagationRule(LearningRule):
     def parameter_groups(self):
         return {"forward": list(self.model.parameters()), "inverse": list(self.inverses.parameters())}
 
-    def phases(self, epoch: int) -> tuple[str, ...]:
+    def passes(self) -> tuple[tuple[str, ...], ...]:
+        """Parallel: one pass training both groups. Alternating: a full pass training the inverses,
+        then a full pass training the forward weights (one epoch of Lee et al.'s ``conti_dtp.py``)."""
         if self.options.schedule == "alternating":
-            return ("inverse",) if epoch % 2 == 0 else ("forward",)
-        return ("forward", "inverse")
+            return (("inverse",), ("forward",))
+        return (("forward", "inverse"),)
 
-    def compute_gradients(self, x, y, phases):
+    def compute_gradients(self, x, y, groups):
         every = self.options.diagnostics_every
         diagnose = every > 0 and self.batches_seen % every == 0
         self.batches_seen += 1
-        losses = self.local_losses(x, y, forward="forward" in phases, inverse="inverse" in phases,
+        losses = self.local_losses(x, y, forward="forward" in groups, inverse="inverse" in groups,
                                    targets=diagnose)
         terms = losses.all()
         if terms:
             torch.autograd.backward(terms)
         diagnostics = self.diagnostics(x, y, losses) if diagnose else {}
-        return StepResult(losses.task_loss, losses.hidden[-1], diagnostics)
+        named = {f"forward_loss/{self.layer_name(i)}": loss.detach() for i, loss in losses.forward.items()}
+        named.update({f"inverse_loss/{self.layer_name(i)}": loss.detach() for i, loss in losses.inverse.items()})
+        return StepResult(losses.task_loss, losses.hidden[-1], diagnostics, named)
+
+    # -- state that is not a tensor: saved in checkpoints with the weights ----------------------
+    def get_extra_state(self) -> dict:
+        return {"batches_seen": self.batches_seen}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.batches_seen = int(state["batches_seen"])
+
+    def noise_like(self, clean: torch.Tensor, sigma: float) -> torch.Tensor:
+        """N(0, sigma²) noise for ``clean``. Data-parallel: every process draws the noise of the whole
+        global batch (same generator state everywhere) and keeps its own rows, so the run equals a
+        single process with the global batch."""
+        if self.world_size == 1:
+            return gaussian_noise(clean, sigma)
+        full = empty_with_layout(clean, (clean.shape[0] * self.world_size, *clean.shape[1:]))
+        return gaussian_noise(full, sigma)[self.rank::self.world_size]
 
     # -- names and inverses ---------------------------------------------------------------
     @staticmethod
@@ -248,7 +275,14 @@ class TargetPropagationRule(LearningRule):
 
     @torch.no_grad()
     def targets(self, h: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
-        """[ĥ_1, ..., ĥ_{L-1}] from the detached activations ``h`` = [h_1, ..., h_L]."""
+        """[ĥ_1, ..., ĥ_{L-1}] from the detached activations ``h`` = [h_1, ..., h_L].
+
+        Always in float32, also under bf16 autocast: the difference correction g(ĥ) - g(h) is a
+        small difference of two close numbers, which bf16's 8-bit mantissa would mostly round away."""
+        with torch.autocast(h[0].device.type, enabled=False):
+            return self._targets([t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in h], y)
+
+    def _targets(self, h: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
         targets = [None] * (len(h) - 1)
         targets[-1] = self.penultimate_target(h, y)
         for index in range(len(h) - 2, 0, -1):
@@ -271,7 +305,7 @@ class TargetPropagationRule(LearningRule):
         losses = {}
         for index in self.inverse_indices():
             clean = h[index - 1]
-            noisy = clean + gaussian_noise(clean, sigma) if sigma > 0 else clean
+            noisy = clean + self.noise_like(clean, sigma) if sigma > 0 else clean
             with torch.no_grad():
                 block = self.model.blocks[index]
                 above = block.layer(block.prepare(noisy))  # f_l(h̃) = block(h̃), with the faster tanh

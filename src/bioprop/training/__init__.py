@@ -1,7 +1,8 @@
 """Training loop, run configuration, checkpoints and result summaries."""
 
 from bioprop.training.config import AdamConfig, TrainConfig
-from bioprop.training.results import summarize
-from bioprop.training.trainer import Trainer, evaluate, train
+from bioprop.training.results import summarize, without_timings
+from bioprop.training.evaluation import evaluate
+from bioprop.training.trainer import DivergenceError, Trainer, train
 
-__all__ = ["AdamConfig", "TrainConfig", "Trainer", "evaluate", "summarize", "train"]
+__all__ = ["AdamConfig", "DivergenceError", "TrainConfig", "Trainer", "evaluate", "summarize", "train", "without_timings"]

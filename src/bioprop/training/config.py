@@ -37,6 +37,28 @@ class AdamConfig:
             raise BiopropError(f"{group} optimiser: eps must be > 0, got {self.eps}")
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "plain")
+
+
+def parse_checkpoint_every(value: str | None) -> tuple[str, float] | None:
+    """``"500"`` -> ("steps", 500); ``"30min"`` -> ("minutes", 30.0); None -> None."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    try:
+        if text.endswith("min"):
+            minutes = float(text[:-3])
+            if math.isfinite(minutes) and minutes > 0:
+                return "minutes", minutes
+        elif int(text) >= 1:
+            return "steps", int(text)
+    except ValueError:
+        pass
+    raise BiopropError(f"checkpoint_every must be a number of steps (e.g. 500) or minutes (e.g. 30min), "
+                       f"got {value!r}")
+
+
 def _default_optimizers() -> dict[str, AdamConfig]:
     return {"forward": AdamConfig(), "inverse": AdamConfig()}
 
@@ -53,8 +75,12 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     device: str = "auto"
-    limit_batches: int | None = None       # cap on training batches per epoch (smoke runs, tests)
+    limit_batches: int | None = None       # cap on training batches per pass (smoke runs, tests)
     limit_eval_batches: int | None = None  # cap on batches per evaluation split
+    train_eval_size: int | None = None     # evaluated train error on a fixed subset of this size (None: all)
+    precision: str = "fp32"                # fp32, tf32 (CUDA matmuls), bf16 (autocast; fp32 master weights)
+    optimizer_impl: str = "auto"           # Adam kernel: auto (fused where supported), fused, foreach, plain
+    checkpoint_every: str | None = None    # also checkpoint within a pass: "N" steps or "Nmin" minutes
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -65,6 +91,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise BiopropError(f"{name} must be a positive integer or unset, got {value!r}")
+        if self.train_eval_size is not None and (not isinstance(self.train_eval_size, int)
+                                                 or self.train_eval_size < 1):
+            raise BiopropError(f"train_eval_size must be a positive integer or unset, got {self.train_eval_size!r}")
+        if self.precision not in PRECISIONS:
+            raise BiopropError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.optimizer_impl not in OPTIMIZER_IMPLS:
+            raise BiopropError(f"optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, "
+                               f"got {self.optimizer_impl!r}")
+        parse_checkpoint_every(self.checkpoint_every)
         for group, adam in self.optimizers.items():
             adam.validate(group)
 

@@ -32,3 +32,13 @@ def summarize(metrics: list[dict]) -> dict:
     if "test_top5_error" in best_test:
         summary["best_test_top5_error"] = min(row["test_top5_error"] for row in metrics)
     return summary
+
+
+def without_timings(value):
+    """``value`` (metrics rows, nested dicts and lists) without the keys ending in ``seconds``:
+    what two runs of the same config must agree on exactly."""
+    if isinstance(value, dict):
+        return {key: without_timings(item) for key, item in value.items() if not key.endswith("seconds")}
+    if isinstance(value, list):
+        return [without_timings(item) for item in value]
+    return value

@@ -1,18 +1,27 @@
 """The training loop: one loop for every rule, model and dataset.
 
-Per mini-batch: zero the gradients of the groups trained this epoch, let the rule compute
-them (``rule.compute_gradients``), step one Adam optimiser per group. Per epoch: evaluate
-train/validation/test error, append a row to ``metrics.jsonl``, write ``results.json`` and an
-atomic checkpoint holding everything needed to continue exactly (rule state with feedback
-weights and inverses, optimiser moments, RNG state, metrics so far). Batch order and
-augmentation depend only on ``(seed, epoch)``, so a resumed run replays the same batches.
+An epoch is the rule's sequence of passes over the training data (``rule.passes()``): one pass
+training every parameter group, or, for the alternating schedule of target propagation, an
+inverse pass and then a forward pass. Per mini-batch: zero the gradients of the pass's groups,
+let the rule compute them (``rule.compute_gradients``), average them over the processes of a
+data-parallel job, step one Adam optimiser per group. After the last pass of an epoch: evaluate
+the train (the trained network on the training split, not augmented), validation and test
+error, append a row to ``metrics.jsonl``, write ``results.json`` and an atomic checkpoint.
+
+Checkpoints hold everything needed to continue exactly: rule state (weights, feedback weights,
+inverses, counters), optimiser moments, RNG state, the metrics so far and the position in the
+epoch (pass and step, with the running sums of the pass). They are written at the end of every
+pass and, with ``checkpoint_every``, every N steps or minutes within a pass. Batch order and
+augmentation depend only on ``(seed, epoch, pass)`` and the batch index, so a resumed run replays
+the same batches from where it stopped.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from itertools import islice
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,11 +31,17 @@ from bioprop.data import DataBundle, load_data
 from bioprop.errors import BiopropError
 from bioprop.models import create_model
 from bioprop.rules import LearningRule, create_rule
+from bioprop.training import distributed, precision
 from bioprop.training.checkpoint import load_torch, save_json, save_jsonl, save_torch
-from bioprop.training.config import AdamConfig, TrainConfig
+from bioprop.training.config import AdamConfig, TrainConfig, parse_checkpoint_every
+from bioprop.training.evaluation import evaluate
 from bioprop.training.results import summarize
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class DivergenceError(BiopropError):
+    """Training produced a non-finite loss or parameter; the last good checkpoint is kept."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,33 +56,46 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(parameters: list, adam: AdamConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps)
+def make_optimizer(parameters: list, adam: AdamConfig, implementation: str = "plain",
+                   device: torch.device | None = None) -> torch.optim.Adam:
+    """Adam with the chosen kernel: ``fused`` (one kernel over all tensors), ``foreach`` (batched
+    ops), ``plain`` (a loop over tensors), or ``auto`` (fused where the device supports it). The
+    three compute the same update to float rounding (tested)."""
+    kernel = {}
+    if implementation == "auto":
+        implementation = "fused" if device is not None and device.type in ("cpu", "cuda") else "plain"
+    if implementation == "fused":
+        kernel = {"fused": True}
+    elif implementation == "foreach":
+        kernel = {"foreach": True}
+    elif implementation == "plain":
+        kernel = {"foreach": False}
+    return torch.optim.Adam(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps, **kernel)
 
 
-@torch.no_grad()
-def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, device="cpu",
-             limit_batches: int | None = None) -> dict[str, float]:
-    """Error (%), top-5 error (%, when there are more than 10 classes) and mean loss on ``split``."""
-    was_training = rule_or_model.training
-    rule_or_model.eval()
-    # sums stay on the device: one synchronisation per evaluation, not one per batch
-    wrong = wrong_top5 = loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    seen = classes = 0
-    for x, y in islice(split.batches(batch_size, shuffle=False, device=device), limit_batches):
-        logits = rule_or_model(x)
-        classes = logits.shape[1]
-        loss_sum = loss_sum + torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-        wrong = wrong + (logits.argmax(1) != y).sum()
-        if classes > 10:
-            top5 = logits.topk(5, dim=1).indices
-            wrong_top5 = wrong_top5 + (~(top5 == y[:, None]).any(1)).sum()
-        seen += len(y)
-    rule_or_model.train(was_training)
-    result = {"error": 100.0 * wrong.item() / seen, "loss": loss_sum.item() / seen}
-    if classes > 10:
-        result["top5_error"] = 100.0 * wrong_top5.item() / seen
-    return result
+@dataclass
+class PassState:
+    """Where a pass stands, with its running sums (saved in mid-pass checkpoints)."""
+
+    step: int = 0
+    seconds: float = 0.0
+    loss_sum: float = 0.0
+    wrong: float = 0.0
+    seen: int = 0
+    diagnostic_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    diagnostic_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "seconds": self.seconds, "loss_sum": self.loss_sum, "wrong": self.wrong,
+                "seen": self.seen, "diagnostic_sums": dict(self.diagnostic_sums),
+                "diagnostic_counts": dict(self.diagnostic_counts)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PassState":
+        state = cls(**{k: v for k, v in values.items() if not k.startswith("diagnostic")})
+        state.diagnostic_sums.update(values["diagnostic_sums"])
+        state.diagnostic_counts.update(values["diagnostic_counts"])
+        return state
 
 
 class Trainer:
@@ -75,7 +103,8 @@ class Trainer:
 
     ``out`` is the run folder (``None``: nothing is written). ``resume=True`` continues from
     ``out/checkpoint.pt``; an existing checkpoint without ``resume`` is an error, so nothing
-    is overwritten by accident.
+    is overwritten by accident. Under ``torchrun`` the processes train data-parallel
+    (:mod:`bioprop.training.distributed`) and only rank 0 writes.
     """
 
     def __init__(self, config: TrainConfig, out: str | Path | None = None, resume: bool = False,
@@ -85,22 +114,35 @@ class Trainer:
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.log = log
-        self.device = resolve_device(config.device)
+        self.parallel, self.device = distributed.from_environment(resolve_device(config.device))
+        if config.batch_size % self.parallel.world_size:
+            raise BiopropError(f"batch_size {config.batch_size} must be divisible by the number of "
+                               f"processes ({self.parallel.world_size})")
+        precision.configure(config.precision)
+        self.autocast = lambda: precision.autocast(config.precision, self.device)
+        self.checkpoint_every = parse_checkpoint_every(config.checkpoint_every)
         checkpoint = self._find_checkpoint(resume)
 
         torch.manual_seed(config.seed)
         model = create_model(config.model)  # validates the names before any data is read
         self.rule: LearningRule = create_rule(config.rule, model, seed=config.seed, **config.rule_options)
+        self.rule.set_data_parallel(self.parallel.rank, self.parallel.world_size)
         missing = sorted(set(self.rule.parameter_groups()) - set(config.optimizers))
         if missing:
             raise BiopropError(f"rule {config.rule!r} needs optimiser settings for group(s) {', '.join(missing)}")
         self.data = data if data is not None else load_data(config.data, seed=config.seed)
         self._check_model_fits_data(model)
+        self._move_data_to_device()
         self.rule.to(self.device)
-        self.optimizers = {group: make_optimizer(params, config.optimizers[group])
+        self.optimizers = {group: make_optimizer(params, config.optimizers[group], config.optimizer_impl,
+                                                 self.device)
                            for group, params in self.rule.parameter_groups().items() if params}
         self.metrics: list[dict] = []
-        self.start_epoch = 0
+        # the position to start from: epoch, pass, the rows of the epoch's finished passes, the
+        # running state of the unfinished one
+        self.start_epoch, self.start_pass = 0, 0
+        self.pass_rows: list[dict] = []
+        self.pass_state = PassState()
         if checkpoint is not None:
             self._restore(checkpoint)
 
@@ -112,8 +154,8 @@ class Trainer:
             return None
         path = self.out / CHECKPOINT
         if not path.exists():
-            if resume:
-                raise BiopropError(f"--resume: no checkpoint at {path}")
+            if resume and self.parallel.is_main:  # killed before its first checkpoint, or never run
+                self.log(f"no checkpoint in {self.out} yet: starting the run from the beginning")
             return None
         if not resume:
             raise BiopropError(f"{self.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
@@ -132,6 +174,16 @@ class Trainer:
                 f"model {self.config.model!r} expects inputs {tuple(model.input_shape)} and {model.num_classes} "
                 f"classes, but dataset {info.name!r} has {tuple(info.input_shape)} and {info.num_classes}")
 
+    def _move_data_to_device(self) -> None:
+        """In-memory splits go to the accelerator whole (uint8), so batching, augmentation and
+        normalisation run there and the host is not the bottleneck."""
+        if self.device.type == "cpu":
+            return
+        for name in ("train", "val", "test"):
+            split = getattr(self.data, name)
+            if split is not None and hasattr(split, "to"):
+                setattr(self.data, name, split.to(self.device))
+
     def _restore(self, checkpoint: dict) -> None:
         self.rule.load_state_dict(checkpoint["rule"])
         for group, state in checkpoint["optimizers"].items():
@@ -141,98 +193,218 @@ class Trainer:
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         self.metrics = list(checkpoint["metrics"])
         self.start_epoch = checkpoint["epoch"]
+        position = checkpoint.get("position") or {}
+        self.start_pass = position.get("pass", 0)
+        self.pass_rows = list(position.get("pass_rows", []))
+        self.pass_state = PassState.from_dict(position["state"]) if "state" in position else PassState()
 
     # -- training ----------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        if self.out is not None:
+        if self.out is not None and self.parallel.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             run_config = {**self.config.to_dict(), "normalization": self.data.normalization,
-                          "resolved_device": str(self.device)}
+                          "resolved_device": str(self.device), "world_size": self.parallel.world_size}
             save_json(run_config, self.out / "config.json")
-        for epoch in range(self.start_epoch, self.config.epochs):
-            row = self.train_epoch(epoch)
-            self.metrics.append(row)
-            self.log(format_row(row, self.config.epochs))
-            if self.out is not None:
-                self.save(epoch + 1)
+            if self.metrics:  # a run killed between its checkpoint and its metrics files
+                self._write_metrics()
+        try:
+            self._train_epochs()
+        except DivergenceError as error:
+            if self.out is not None and self.parallel.is_main:
+                save_json({"config": self.config.to_dict(), **summarize(self.metrics), "status": "diverged",
+                           "reason": str(error)}, self.out / "results.json")
+            raise
         return self.metrics
 
-    def train_epoch(self, epoch: int) -> dict:
-        config, rule = self.config, self.rule
-        phases = tuple(group for group in rule.phases(epoch) if group in self.optimizers)
+    def _train_epochs(self) -> None:
+        for epoch in range(self.start_epoch, self.config.epochs):
+            passes = self.rule.passes()
+            for index in range(self.start_pass, len(passes)):
+                self.pass_rows.append(self.train_pass(epoch, index, passes[index]))
+                self.pass_state = PassState()
+                if index + 1 < len(passes):
+                    self.save(epoch, next_pass=index + 1)
+            row = self.epoch_row(epoch)
+            self.metrics.append(row)
+            self.pass_rows, self.start_pass = [], 0
+            if self.parallel.is_main:
+                self.log(format_row(row, self.config.epochs))
+            self.save(epoch + 1)
+
+    def train_pass(self, epoch: int, index: int, groups: tuple[str, ...]) -> dict:
+        """One pass over the training data training ``groups``; returns its row."""
+        config, rule, state = self.config, self.rule, self.pass_state
+        groups = tuple(group for group in groups if group in self.optimizers)
+        parameters = {group: [p for g in self.optimizers[group].param_groups for p in g["params"]]
+                      for group in groups}
         rule.train()
-        totals: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)  # diagnostics may be reported on some batches only
-        batches = self.data.train.batches(config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-                                          augment=self.data.augment, device=self.device)
-        total = self.data.train.num_batches(config.batch_size)
+        world = self.parallel.world_size
+        local_batch = config.batch_size // world
+        total = self.data.train.num_batches(local_batch, world_size=world)
         if config.limit_batches is not None:
             total = min(total, config.limit_batches)
-        started = time.perf_counter()
-        steps = seen = 0
+        order_epoch = epoch * len(self.rule.passes()) + index  # a fresh batch order for every pass
+        batches = self.data.train.batches(local_batch, shuffle=True, seed=config.seed, epoch=order_epoch,
+                                          augment=self.data.augment, device=self.device, rank=self.parallel.rank,
+                                          world_size=world, start=state.step)
         # running sums stay on the device: no synchronisation per batch
-        wrong = loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for x, y in tqdm(islice(batches, total), total=total, desc=f"epoch {epoch + 1}", leave=False,
-                         disable=not self.progress):
-            for group in phases:
-                self.optimizers[group].zero_grad(set_to_none=True)
-            step = rule.compute_gradients(x, y, phases)
-            for group in phases:
-                self.optimizers[group].step()
-            loss_sum = loss_sum + step.loss.double() * len(y)
-            wrong = wrong + (step.logits.argmax(1) != y).sum()
-            seen += len(y)
-            for key, value in step.diagnostics.items():
-                totals[key] += float(value)
-                counts[key] += 1
-            steps += 1
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        wrong = torch.zeros((), dtype=torch.float64, device=self.device)
+        first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        started = last_save = time.perf_counter()
+        label = f"epoch {epoch + 1}" + (f" pass {index + 1} ({'+'.join(groups)})" if len(self.rule.passes()) > 1 else "")
+        with tqdm(total=total, initial=state.step, desc=label, leave=False,
+                  disable=not (self.progress and self.parallel.is_main)) as bar:
+            for x, y in batches:
+                if state.step >= total:
+                    break
+                for group in groups:
+                    self.optimizers[group].zero_grad(set_to_none=True)
+                with self.autocast():
+                    step = rule.compute_gradients(x, y, groups)
+                for group in groups:
+                    self.parallel.average_gradients(parameters[group])
+                    self.optimizers[group].step()
+                checked = torch.stack([step.loss.float(), *(v.float() for v in step.local_losses.values())])
+                finite = torch.isfinite(checked).all()
+                first_bad_step = torch.where(~finite & (first_bad_step < 0), state.step, first_bad_step)
+                loss_sum += step.loss.double() * len(y)
+                wrong += (step.logits.argmax(1) != y).sum()
+                state.seen += len(y)
+                for key, value in step.diagnostics.items():
+                    state.diagnostic_sums[key] += float(value)
+                    state.diagnostic_counts[key] += 1
+                state.step += 1
+                bar.update()
+                if self.device.type == "cpu" and not bool(finite):  # free on the CPU: stop at once, by name
+                    names = ["loss", *step.local_losses]
+                    bad = [name for name, value in zip(names, checked.tolist()) if not math.isfinite(value)]
+                    raise DivergenceError(f"rule {config.rule!r}: non-finite {', '.join(bad)} in epoch {epoch + 1}, "
+                                          f"pass {index + 1}, step {state.step}; the last good checkpoint is kept")
+                if self._checkpoint_due(state.step, last_save) and state.step < total:
+                    self._check_finite(first_bad_step, epoch, index)
+                    state.seconds += time.perf_counter() - started
+                    self._fold_sums(state, loss_sum, wrong)
+                    loss_sum.zero_(), wrong.zero_()
+                    self.save(epoch, next_pass=index)
+                    started = last_save = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        row = {"epoch": epoch + 1, "phases": list(phases), "train_loss": loss_sum.item() / seen,
-               "train_error": 100.0 * wrong.item() / seen}
+        state.seconds += time.perf_counter() - started
+        self._check_finite(first_bad_step, epoch, index)
+        self._fold_sums(state, loss_sum, wrong)
+        return self._pass_row(groups, state)
+
+    def _checkpoint_due(self, step: int, last_save: float) -> bool:
+        if self.checkpoint_every is None or self.out is None:
+            return False
+        unit, amount = self.checkpoint_every
+        if unit == "steps":
+            return step % amount == 0
+        return self.parallel.any(time.perf_counter() - last_save >= amount * 60)
+
+    def _fold_sums(self, state: PassState, loss_sum: torch.Tensor, wrong: torch.Tensor) -> None:
+        state.loss_sum += loss_sum.item()
+        state.wrong += wrong.item()
+
+    def _check_finite(self, first_bad_step: torch.Tensor, epoch: int, index: int) -> None:
+        """Stops the run if a loss was non-finite, or a parameter is (one device sync, at the end
+        of a pass and before a checkpoint, so a diverged state is never saved)."""
+        bad_step = int(first_bad_step.item())
+        where = f"epoch {epoch + 1}, pass {index + 1}"
+        if self.parallel.any(bad_step >= 0):
+            step = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
+            raise DivergenceError(f"rule {self.config.rule!r}: the training loss became non-finite in {where}, "
+                                  f"{step}; the last good checkpoint is kept")
+        state = {name: tensor for name, tensor in self.rule.state_dict().items()
+                 if torch.is_tensor(tensor) and tensor.is_floating_point()}
+        names, tensors = list(state), list(state.values())
+        if tensors:
+            finite = torch.stack([torch.isfinite(t).all() for t in tensors])
+            if self.parallel.any(not bool(finite.all())):
+                bad = [name for name, ok in zip(names, finite.tolist()) if not ok]
+                raise DivergenceError(f"rule {self.config.rule!r}: non-finite values in {', '.join(bad[:5])} "
+                                      f"after {where}; the last good checkpoint is kept")
+
+    def _pass_row(self, groups: tuple[str, ...], state: PassState) -> dict:
+        totals = self.parallel.sum(torch.tensor([state.loss_sum, state.wrong, float(state.seen)],
+                                                dtype=torch.float64, device=self.device)).tolist()
+        row = {"groups": list(groups), "steps": state.step, "seconds": state.seconds,
+               "train_loss_running": totals[0] / max(totals[2], 1),
+               "train_error_running": 100.0 * totals[1] / max(totals[2], 1)}
+        if state.diagnostic_sums:
+            row["diagnostics"] = {key: value / state.diagnostic_counts[key]
+                                  for key, value in sorted(state.diagnostic_sums.items())}
+        return row
+
+    def epoch_row(self, epoch: int) -> dict:
+        """The epoch's metrics: evaluated errors after its last pass, and what each pass did."""
+        last = self.pass_rows[-1]
+        row = {"epoch": epoch + 1, "groups": sorted({g for p in self.pass_rows for g in p["groups"]}),
+               "train_loss_running": last["train_loss_running"], "train_error_running": last["train_error_running"]}
+        started = time.perf_counter()
         row.update(self._evaluate_splits())
-        row["seconds"] = seconds
-        if totals:
-            row["diagnostics"] = {key: value / counts[key] for key, value in sorted(totals.items())}
+        row["seconds"] = sum(p["seconds"] for p in self.pass_rows)
+        row["eval_seconds"] = time.perf_counter() - started
+        if len(self.pass_rows) == 1:
+            if "diagnostics" in last:
+                row["diagnostics"] = last["diagnostics"]
+        else:
+            row["passes"] = self.pass_rows
         return row
 
     def _evaluate_splits(self) -> dict:
-        row = {}
-        for name in ("val", "test"):
+        config, row = self.config, {}
+        for name in ("train", "val", "test"):
             split = getattr(self.data, name)
             if split is None:
                 row[f"{name}_error"] = None
                 continue
-            result = evaluate(self.rule, split, self.config.eval_batch_size, self.device,
-                              self.config.limit_eval_batches)
+            result = evaluate(self.rule, split, config.eval_batch_size, self.device, config.limit_eval_batches,
+                              size=config.train_eval_size if name == "train" else None, seed=config.seed,
+                              autocast=self.autocast, parallel=self.parallel)
             row[f"{name}_error"] = result["error"]
             row[f"{name}_loss"] = result["loss"]
             if "top5_error" in result:
                 row[f"{name}_top5_error"] = result["top5_error"]
         return row
 
-    def save(self, epochs_done: int) -> None:
+    # -- checkpoints -------------------------------------------------------------------
+    def save(self, epochs_done: int, next_pass: int | None = None) -> None:
+        """Checkpoint, then the metrics files. ``next_pass``: a checkpoint within epoch
+        ``epochs_done`` (0-based), before pass ``next_pass`` or within it at ``pass_state.step``."""
+        if self.out is None or not self.parallel.is_main:
+            return
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        save_torch({"epoch": epochs_done, "config": self.config.to_dict(), "rule": self.rule.state_dict(),
+        position = None
+        if next_pass is not None:
+            position = {"pass": next_pass, "pass_rows": self.pass_rows, "state": self.pass_state.to_dict()}
+        save_torch({"epoch": epochs_done, "position": position, "config": self.config.to_dict(),
+                    "rule": self.rule.state_dict(),
                     "optimizers": {group: opt.state_dict() for group, opt in self.optimizers.items()},
                     "rng": rng, "metrics": self.metrics}, self.out / CHECKPOINT)
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
         save_jsonl(self.metrics, self.out / "metrics.jsonl")
         save_json({"config": self.config.to_dict(), **summarize(self.metrics)}, self.out / "results.json")
 
 
+_UNCOMPARED = ("epochs", "device", "checkpoint_every")
+
+
 def _comparable(config: dict) -> dict:
     """The settings a resumed run must share with the saved one: all but the epoch budget and
-    where things run or are read from (device, data folder, loader workers)."""
-    config = {key: value for key, value in config.items() if key not in ("epochs", "device")}
+    where things run or are read from (device, data folder, loader workers, checkpoint interval)."""
+    config = {key: value for key, value in config.items() if key not in _UNCOMPARED}
     config["data"] = {key: value for key, value in config["data"].items() if key not in ("data_dir", "num_workers")}
     return config
 
 
 def format_row(row: dict, epochs: int) -> str:
-    parts = [f"epoch {row['epoch']:>3}/{epochs}", f"train {row['train_error']:6.2f}%"]
-    for name in ("val", "test"):
+    parts = [f"epoch {row['epoch']:>3}/{epochs}"]
+    for name in ("train", "val", "test"):
         if row.get(f"{name}_error") is not None:
             parts.append(f"{name} {row[f'{name}_error']:6.2f}%")
             if f"{name}_top5_error" in row:
