@@ -25,6 +25,8 @@ demo: install
 	$(BIN)/python examples/demo.py --epochs $(EPOCHS)
 
 test: install
+	$(BIN)/bioprop data fetch mnist        # the real-data tests use these (found, or fetched into the cache)
+	$(BIN)/bioprop data fetch fashion-mnist
 	$(BIN)/python -m pytest -q
 
 test-slow: install

@@ -1,14 +1,15 @@
-"""Shared fixtures: the genuine datasets in ../shared/data beside the repository."""
+"""Shared fixtures: the genuine datasets (see ``realdata.py`` for where they are looked for)."""
 
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from realdata import real_data_root, missing_reason
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"genuine MNIST not found at {SHARED_DATA}")
-    return SHARED_DATA
+    root = real_data_root("mnist")
+    if root is None:
+        pytest.skip(missing_reason("mnist"))
+    return root

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import pickle
 import struct
 import tarfile
@@ -16,8 +15,9 @@ import pytest
 
 from bioprop.data import sources
 
-SHARED_DATA = Path(os.environ.get("BIOPROP_SHARED_DATA",
-                                  Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+from realdata import missing_reason, real_data_root
+
+REAL_DATA = real_data_root("mnist", "fashion-mnist")  # resolved before any test isolates the cache
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +41,9 @@ def isolated(tmp_path, monkeypatch):
 
 @pytest.fixture
 def shared_data() -> Path:
-    if not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "fashion-mnist").is_dir():
-        pytest.skip(f"genuine MNIST/Fashion-MNIST folder {SHARED_DATA} is absent "
-                    "(set BIOPROP_SHARED_DATA to a copy)")
-    return SHARED_DATA
+    if REAL_DATA is None:
+        pytest.skip(missing_reason("mnist", "fashion-mnist"))
+    return REAL_DATA
 
 
 # ---------------------------------------------------------------- IDX (MNIST layout)

@@ -14,7 +14,7 @@ from bioprop.errors import BiopropError
 
 
 def _load(data_dir, **kw):
-    return load_data(DataConfig("cifar10", data_dir=str(data_dir), **kw), seed=0)
+    return load_data(DataConfig("cifar10", verify=False, data_dir=str(data_dir), **kw), seed=0)
 
 
 @pytest.mark.parametrize("where", ["cifar10", "."])
@@ -58,7 +58,7 @@ def test_verify_generated_copy_reports_mismatch(tmp_path, fmt, capsys):
     assert args.func(args) == 1
     assert "0 of 8 files OK" in capsys.readouterr().out
     with pytest.raises(BiopropError, match="failed verification"):
-        load_data(DataConfig("cifar10", data_dir=str(tmp_path), val_size=0), verify=True)
+        load_data(DataConfig("cifar10", verify=False, data_dir=str(tmp_path), val_size=0), verify=True)
 
 
 def test_unsafe_pickle_is_refused(tmp_path, fmt):

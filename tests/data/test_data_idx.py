@@ -53,7 +53,7 @@ def test_read_idx_errors_name_the_file(tmp_path, fmt):
 def test_load_generated_mnist_layout(tmp_path, fmt, gz):
     x_tr, y_tr, x_te, y_te = fmt.make_mnist_arrays(60, 20)
     fmt.write_mnist(tmp_path / "data" / "mnist", (x_tr, y_tr, x_te, y_te), gz)
-    b = load_data(DataConfig("mnist", data_dir=str(tmp_path / "data"), val_size=0))
+    b = load_data(DataConfig("mnist", verify=False, data_dir=str(tmp_path / "data"), val_size=0))
     assert b.train.x.shape == (60, 1, 28, 28) and b.test.x.shape == (20, 1, 28, 28)
     assert np.array_equal(b.train.x[:, 0].numpy(), x_tr) and b.train.y.tolist() == y_tr.tolist()
     assert np.array_equal(b.test.x[:, 0].numpy(), x_te) and b.test.y.tolist() == y_te.tolist()
@@ -63,11 +63,11 @@ def test_load_generated_mnist_layout(tmp_path, fmt, gz):
 def test_torchvision_layout_and_mismatched_counts(tmp_path, fmt):
     x_tr, y_tr, x_te, y_te = fmt.make_mnist_arrays(30, 10)
     files = fmt.write_mnist(tmp_path / "FashionMNIST" / "raw", (x_tr, y_tr, x_te, y_te), gz=False)
-    b = load_data(DataConfig("fashion-mnist", data_dir=str(tmp_path), val_size=5))
+    b = load_data(DataConfig("fashion-mnist", verify=False, data_dir=str(tmp_path), val_size=5))
     assert len(b.train) == 25 and len(b.val) == 5
     fmt.write_idx(tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte", y_te[:9], gz=False)
     with pytest.raises(BiopropError, match="10 images but .*t10k-labels-idx1-ubyte.* 9 labels"):
-        load_data(DataConfig("fashion-mnist", data_dir=str(tmp_path), val_size=5))
+        load_data(DataConfig("fashion-mnist", verify=False, data_dir=str(tmp_path), val_size=5))
     assert files  # written
 
 
@@ -77,10 +77,10 @@ def test_corrupt_file_in_data_dir_is_named(tmp_path, fmt):
     bad = folder / "train-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:1000])
     with pytest.raises(BiopropError, match="train-images-idx3-ubyte.*truncated"):
-        load_data(DataConfig("mnist", data_dir=str(tmp_path), val_size=0))
+        load_data(DataConfig("mnist", verify=False, data_dir=str(tmp_path), val_size=0))
     bad.write_bytes(b"\x00\x00\x08\x04" + b"\x00" * 100)
     with pytest.raises(BiopropError, match="4 dimensions; expected 3"):
-        load_data(DataConfig("mnist", data_dir=str(tmp_path), val_size=0))
+        load_data(DataConfig("mnist", verify=False, data_dir=str(tmp_path), val_size=0))
 
 
 def test_label_out_of_range(tmp_path, fmt):
@@ -89,14 +89,14 @@ def test_label_out_of_range(tmp_path, fmt):
     y_tr[3] = 10
     fmt.write_mnist(tmp_path / "mnist", (x_tr, y_tr, x_te, y_te))
     with pytest.raises(BiopropError, match="train-labels.*label 10; expected 0..9"):
-        load_data(DataConfig("mnist", data_dir=str(tmp_path), val_size=0))
+        load_data(DataConfig("mnist", verify=False, data_dir=str(tmp_path), val_size=0))
 
 
 def test_missing_files_list_every_place(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     monkeypatch.setenv("BIOPROP_OFFLINE", "1")
     with pytest.raises(BiopropError) as err:
-        load_data(DataConfig("mnist", data_dir=str(tmp_path / "data")))
+        load_data(DataConfig("mnist", verify=False, data_dir=str(tmp_path / "data")))
     msg = str(err.value)
     order = [f"data_dir {tmp_path / 'data' / 'mnist'}: no such folder",
              f"data_dir {tmp_path / 'data' / 'MNIST' / 'raw'}", f"cache {tmp_path / 'cache' / 'mnist'}",
@@ -110,7 +110,7 @@ def test_missing_files_list_every_place(tmp_path, monkeypatch):
 
 def test_missing_data_dir_is_an_error(tmp_path):
     with pytest.raises(BiopropError, match=f"data_dir '{tmp_path / 'nope'}' is not a folder"):
-        load_data(DataConfig("mnist", data_dir=str(tmp_path / "nope")))
+        load_data(DataConfig("mnist", verify=False, data_dir=str(tmp_path / "nope")))
 
 
 def test_verify_reports_mismatch_and_missing(tmp_path, fmt, capsys):

@@ -165,8 +165,8 @@ def fake_simplejpeg(calls):
         with Image.open(io.BytesIO(data)) as img:
             size = img.size
         factor = next(f for f in (8, 4, 2, 1)  # the largest reduction meeting the minimum
-                      if imagenet.reduced_size(*size, f) >= (min_width, min_height)
-                      and imagenet.reduced_size(*size, f)[1] >= min_height)
+                      if all(got >= least for got, least in
+                             zip(imagenet.reduced_size(*size, f), (min_width, min_height))))
         return np.asarray(imagenet.PILLOW.decode(data, factor)[0])
 
     module.decode_jpeg_header, module.decode_jpeg = decode_jpeg_header, decode_jpeg
@@ -179,7 +179,7 @@ def fake_turbojpeg(calls):
     class TurboJPEG:
         def decode_header(self, data):
             height, width, _, _ = fake_simplejpeg([]).decode_jpeg_header(data)
-            return width, height, 0, 0
+            return width, height, 0, 1  # TJSAMP_444, TJCS_YCbCr
 
         def decode(self, data, pixel_format=None, scaling_factor=None):
             calls.append(scaling_factor)
@@ -221,8 +221,12 @@ def test_decoder_auto_and_missing(monkeypatch):
 
 def test_real_simplejpeg_is_bit_identical_to_pillow(tmp_path):
     pytest.importorskip("simplejpeg")
-    for i, (w, h) in enumerate([(500, 375), (1200, 900), (333, 500)]):
-        path = write_photo(tmp_path / f"{i}.jpg", w, h, seed=i)
+    paths = [write_photo(tmp_path / f"{i}.jpg", w, h, seed=i)
+             for i, (w, h) in enumerate([(500, 375), (1200, 900), (333, 500)])]
+    for mode in ("L", "CMYK"):  # greyscale decoded by simplejpeg, CMYK handed to Pillow
+        paths.append(str(tmp_path / f"{mode}.jpg"))
+        Image.fromarray(natural_image(1200, 900)).convert(mode).save(paths[-1], quality=90)
+    for path in paths:
         for train, draft in [(False, False), (True, False), (False, True), (True, True)]:
             for seed in range(3):
                 assert torch.equal(load_image(path, train, seed, "horizontal", draft=draft),

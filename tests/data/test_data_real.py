@@ -67,7 +67,8 @@ def test_verify_and_fetch_shared_files(shared_data, name, isolated, capsys):
     assert len(report) == 4 and all(r.ok and r.actual_md5 == r.expected_md5 for r in report)
     assert all(r.path.startswith(str(shared_data / name)) for r in report)
     assert fetch(name, shared_data) == shared_data / name
-    assert not (isolated / "cache").exists()  # found locally: nothing written
+    written = list((isolated / "cache").rglob("*")) if (isolated / "cache").exists() else []
+    assert [f.name for f in written] in ([], ["checksums.json"])  # found locally: only the checksum memo
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["data", "verify", name, "--data-dir", str(shared_data)])
@@ -78,3 +79,44 @@ def test_verify_and_fetch_shared_files(shared_data, name, isolated, capsys):
 def test_env_var_data_dir(shared_data, monkeypatch):
     monkeypatch.setenv("BIOPROP_DATA", str(shared_data))
     assert fetch("mnist") == shared_data / "mnist"
+
+
+def test_a_changed_byte_inside_a_valid_gzip_stops_training_with_the_checksums(shared_data, isolated, tmp_path):
+    """The issue's probe: one label byte changed, the gzip still valid; train must refuse it."""
+    import gzip
+    import shutil
+
+    from bioprop.data import ChecksumError, DataConfig, load_data
+    from bioprop.data.sources import md5_file
+
+    copy = tmp_path / "copy" / "mnist"
+    shutil.copytree(shared_data / "mnist", copy)
+    labels = next(copy.glob("t10k-labels-idx1-ubyte*"))
+    opener = gzip.open if labels.suffix == ".gz" else open
+    with opener(labels, "rb") as f:
+        content = bytearray(f.read())
+    content[8] = (content[8] + 1) % 10  # the first label
+    with opener(labels, "wb") as f:
+        f.write(bytes(content))
+    with pytest.raises(ChecksumError) as error:
+        load_data(DataConfig("mnist", data_dir=str(tmp_path / "copy")))
+    message = str(error.value)
+    assert str(labels) in message and "checksum mismatch" in message and "bioprop data fetch mnist" in message
+    assert md5_file(labels) in message  # the actual checksum, and the expected one
+    assert "27ae3e4e09519cfbb04c329615203637" in message
+    bundle = load_data(DataConfig("mnist", data_dir=str(tmp_path / "copy"), verify=False))  # --no-verify: on purpose
+    assert len(bundle.test) == 10000
+
+
+def test_checksums_are_remembered_until_the_file_changes(tmp_path, isolated, monkeypatch):
+    from bioprop.data import sources
+
+    path = tmp_path / "file"
+    path.write_bytes(b"abc")
+    first = sources.md5_file(path)
+    calls = []
+    original = sources._md5_file
+    monkeypatch.setattr(sources, "_md5_file", lambda *a: calls.append(a) or original(*a))
+    assert sources.md5_file(path) == first and not calls  # remembered: not hashed again
+    path.write_bytes(b"abcd")  # size and mtime change
+    assert sources.md5_file(path) != first and len(calls) == 1

@@ -39,7 +39,7 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
 
 def test_data_dir_then_env_then_cache(tmp_path, fmt, monkeypatch):
     def first_pixel(**kw):
-        return int(load_data(DataConfig("mnist", val_size=0, **kw)).train.x[0, 0, 0, 0])
+        return int(load_data(DataConfig("mnist", verify=False, val_size=0, **kw)).train.x[0, 0, 0, 0])
 
     for root, value in ((tmp_path / "d", 11), (tmp_path / "e", 22), (tmp_path / "cache", 33)):
         x_tr, y_tr, x_te, y_te = fmt.make_mnist_arrays(20, 10)

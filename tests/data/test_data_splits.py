@@ -37,7 +37,7 @@ def test_load_data_val_split(tmp_path, fmt):
     x_tr, y_tr, x_te, y_te = fmt.make_mnist_arrays(60, 20)
     x_tr[:, 0, 0] = range(60)  # tag each image with its index
     fmt.write_mnist(tmp_path / "mnist", (x_tr, y_tr, x_te, y_te))
-    cfg = DataConfig("mnist", data_dir=str(tmp_path), val_size=15)
+    cfg = DataConfig("mnist", verify=False, data_dir=str(tmp_path), val_size=15)
     a, b = load_data(cfg, seed=3), load_data(cfg, seed=3)
     tags = lambda s: s.images()[:, 0, 0, 0].tolist()  # noqa: E731
     assert tags(a.val) == tags(b.val) and len(a.val) == 15 and len(a.train) == 45
@@ -54,7 +54,7 @@ def test_load_data_val_split(tmp_path, fmt):
                                          ("val_size", -1), ("crop_padding", 1.5), ("augment", "yes")])
 def test_bad_config_fields_are_named(field, value):
     with pytest.raises(BiopropError, match=f"data.{field}="):
-        load_data(DataConfig("mnist", **{field: value}))
+        load_data(DataConfig("mnist", verify=False, **{field: value}))
 
 
 def test_batches_deterministic_per_seed_and_epoch():
@@ -136,17 +136,17 @@ def test_augmented_batches_keep_shape_and_change_images():
 
 def test_normalisation_modes(tmp_path, fmt):
     fmt.write_cifar(tmp_path)
-    std_bundle = load_data(DataConfig("cifar10", data_dir=str(tmp_path), val_size=20), seed=0)
+    std_bundle = load_data(DataConfig("cifar10", verify=False, data_dir=str(tmp_path), val_size=20), seed=0)
     xs = torch.cat([x for x, _ in std_bundle.train.batches(32, shuffle=False)])
     assert xs.mean((0, 2, 3)).abs().max() < 1e-4
     assert (xs.std((0, 2, 3)) - 1).abs().max() < 1e-3
-    none = load_data(DataConfig("cifar10", data_dir=str(tmp_path), val_size=0, normalization="none"))
+    none = load_data(DataConfig("cifar10", verify=False, data_dir=str(tmp_path), val_size=0, normalization="none"))
     assert none.normalization == {"mean": [0.0] * 3, "std": [1.0] * 3}
     x, _ = next(none.train.batches(100, shuffle=False))
     assert torch.allclose(x, none.train.x.float() / 255)
-    pub = load_data(DataConfig("cifar10", data_dir=str(tmp_path), val_size=0, normalization="dataset"))
+    pub = load_data(DataConfig("cifar10", verify=False, data_dir=str(tmp_path), val_size=0, normalization="dataset"))
     assert pub.normalization["mean"] == [0.4914, 0.4822, 0.4465]
-    off = load_data(DataConfig("cifar10", data_dir=str(tmp_path), val_size=0, augment=False))
+    off = load_data(DataConfig("cifar10", verify=False, data_dir=str(tmp_path), val_size=0, augment=False))
     assert off.augment is False
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from realdata import missing_reason, real_data_root
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +22,10 @@ def offline(monkeypatch, tmp_path):
 
 @pytest.fixture
 def mnist_dir() -> Path:
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"genuine MNIST not found at {SHARED_DATA}")
-    return SHARED_DATA
+    root = real_data_root("mnist")
+    if root is None:
+        pytest.skip(missing_reason("mnist"))
+    return root
 
 
 def write_cifar(root: Path, per_batch: int = 20, n_test: int = 20, seed: int = 0) -> Path:

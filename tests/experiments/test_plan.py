@@ -96,7 +96,9 @@ def test_working_memory_matches_the_cpu_allocator_peak(model, rule, batch_size):
     for groups in built.passes():
         real_step(built, groups, batch_size)
     for groups, step in zip(built.passes(), planned.steps):
-        measured = allocator_peak_bytes(built, groups, batch_size)
+        # the least of three steps: the profiler also records what other threads of the test
+        # process allocate meanwhile, which once inflated a single measurement in a full-suite run
+        measured = min(allocator_peak_bytes(built, groups, batch_size) for _ in range(3))
         assert step.working_peak_bytes == pytest.approx(measured, rel=MEMORY_TOLERANCE), (groups, measured)
         # all saved tensors are alive before the (single) backward call, all gradients after it
         assert step.working_peak_bytes >= max(step.activation_bytes, step.gradient_bytes)

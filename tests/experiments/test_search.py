@@ -117,3 +117,24 @@ def test_search_bad_input(tmp_path, capsys):
     assert "unknown preset 'nope'" in capsys.readouterr().err
     assert main(["search", "mnist-fc-bp", "--storage", "nosuchdb://x", "--out", str(tmp_path)]) == 2
     assert "--storage" in capsys.readouterr().err
+
+
+def test_a_diverged_trial_is_pruned_and_the_search_goes_on(tmp_path, monkeypatch):
+    from bioprop.experiments.search import Search
+    from bioprop.training import DivergenceError
+
+    calls = []
+
+    def train(self, config, path, log=None):
+        calls.append(path)
+        if len(calls) == 1:
+            raise DivergenceError("rule 'bp': the training loss became non-finite in epoch 1, pass 1, step 3")
+        return [dict(epoch=1, train_error=5.0, val_error=4.0, test_error=4.5)]
+
+    monkeypatch.setattr(Search, "_train", train)
+    search = Search(get_preset("mnist-fc-bp"), trials=3, out=tmp_path, log=lambda line: None)
+    result = search.run()
+    study = optuna.load_study(study_name="mnist-fc-bp", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == 1 and result["complete"] == 2
+    assert "non-finite" in study.trials[0].user_attrs["diverged"]

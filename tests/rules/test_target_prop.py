@@ -19,11 +19,12 @@ from bioprop.rules.base import task_loss
 from bioprop.rules.tp_base import angle_degrees, gaussian_noise, squared_error
 from bioprop.training.config import AdamConfig
 from bioprop.training.trainer import make_optimizer
+from realdata import missing_reason, real_data_root
 
 TP_RULES = ["tp", "dtp", "sdtp", "ao-sdtp"]
 LAYER_TYPE_MODELS = ["mnist-fc", "mnist-lc", "mnist-conv"]  # FC, LC (+ flatten), conv (+ flatten)
 SMALL_MODELS = [name for name in list_models() if not name.startswith("imagenet")]
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = real_data_root("mnist") or Path("/nonexistent")
 
 
 def batch(model, size=4, seed=0, dtype=torch.float32):
@@ -444,7 +445,7 @@ def test_cli_flags_exist(capsys):
 
 
 # -- end to end ----------------------------------------------------------------------------------
-@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no MNIST under {DATA}")
+@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=missing_reason("mnist"))
 def test_cli_trains_dtp_alternating_on_real_mnist_and_writes_diagnostics(tmp_path, capsys):
     from bioprop.cli import main
 

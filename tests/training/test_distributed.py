@@ -4,6 +4,7 @@ two-process run resumes exactly; only rank 0 writes."""
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,39 @@ def test_a_two_process_run_resumes_exactly_and_only_rank_0_writes(shared_data, t
     for key, value in straight["c"][0].items():
         assert torch.equal(value, state[key]), key
     assert [r["test_error"] for r in metrics] == [r["test_error"] for r in straight["c"][1]]
+
+
+def torchrun(*argv, processes=2):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}",
+               f"--master-port={free_port()}", "-m", "bioprop", *argv]
+    return subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_reproduce_and_search_run_under_torchrun(shared_data, tmp_path):
+    import json
+
+    out = tmp_path / "runs"
+    budget = ["--limit-batches", "3", "--limit-eval-batches", "1", "--data-dir", str(shared_data)]
+    result = torchrun("reproduce", "mnist-fc-dtp-alternating", "--seeds", "1", "--epochs", "1", "--out", str(out),
+                      "--no-progress", "--device", "cpu", *budget)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = out / "mnist-fc-dtp-alternating" / "seed0"
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and (out / "report.md").exists()
+    assert result.stdout.count("report:") == 1  # rank 0 alone reports
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = torchrun("search", "mnist-fc-bp", "--trials", "2", "--epochs", "1", "--storage", storage,
+                      "--out", str(tmp_path / "search"), "--device", "cpu", *budget)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="mnist-fc-bp", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2  # one study, not one per rank
+    for trial in study.trials:
+        config = json.loads((Path(trial.user_attrs["run_dir"]) / "config.json").read_text())
+        assert config["world_size"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from bioprop.experiments.reproduce import (EpochBudget, parse_int_list, plan_runs, record_command, reproduce,
@@ -30,6 +31,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--aux-sweep", metavar="SIZES",
                         help="also run every AO-SDTP preset with these auxiliary output sizes, e.g. 0,128,512,1024 "
                              "(Figure 4)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+                        help="do not compare the published checksums before training (your own modified copy)")
     parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
@@ -55,6 +58,8 @@ def canonical_command(args) -> list[str]:
         argv += ["--jobs", str(args.jobs)]
     if args.no_progress:
         argv.append("--no-progress")
+    if args.verify is False:
+        argv.append("--no-verify")
     return argv
 
 
@@ -64,16 +69,20 @@ def run(args) -> int:
                       aux_sweep=parse_int_list(args.aux_sweep, "--aux-sweep"), data_dir=args.data_dir,
                       limit_batches=EpochBudget.parse(args.limit_batches, "--limit-batches"),
                       limit_eval_batches=args.limit_eval_batches,
-                      device=args.device)
+                      device=args.device, verify=args.verify)
     if args.dry_run:
         for spec in specs:
             state, done = run_state(spec.path(args.out), spec.config.epochs)
             print(f"{spec.tag:<48} {state:<8} {done}/{spec.config.epochs} epochs  {spec.config.rule} "
                   f"{spec.config.model}")
         return 0
-    record_command(args.out, canonical_command(args))
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    if main_process:
+        record_command(args.out, canonical_command(args))
     outcome = reproduce(specs, args.out, jobs=args.jobs, progress=not args.no_progress,
                         echo_epochs=not args.no_progress, threads=args.threads)
+    if not main_process:
+        return 0
     if not args.no_report:
         print(f"report: {write_report(args.out)}")
         if args.report_out:

@@ -29,7 +29,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--limit-batches", type=int)
     parser.add_argument("--limit-eval-batches", type=int)
-    parser.add_argument("--device")
+    parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+                        help="do not compare the published checksums before training (your own modified copy)")
+    parser.add_argument("--heartbeat", type=int, default=60,
+                        help="seconds between a running trial's heartbeats; a trial silent for 3 heartbeats "
+                             "belongs to a dead worker and is retried from its checkpoint (default: 60)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     parser.set_defaults(func=run)
 
@@ -38,9 +43,12 @@ def run(args) -> int:
     search = Search(get_preset(args.preset), trials=args.trials, storage=args.storage, study_name=args.study_name,
                     epochs=args.epochs, cull_after=args.cull_after, out=args.out, seed=args.seed,
                     overrides={"data_dir": args.data_dir, "limit_batches": args.limit_batches,
-                               "limit_eval_batches": args.limit_eval_batches, "device": args.device},
-                    progress=args.progress)
+                               "limit_eval_batches": args.limit_eval_batches, "device": args.device,
+                               "verify": args.verify},
+                    progress=args.progress, heartbeat=args.heartbeat)
     result = search.run(continue_only=args.continue_best)
+    if result.get("follower"):  # a torchrun process other than rank 0
+        return 0
     print(f"study {result['study']}: {result['complete']} complete trials"
           + (f"; best trial {result['best_trial']} (val error {result['best_value']:.2f}%): {result['best_params']}"
              if "best_trial" in result else ""))

@@ -36,6 +36,15 @@ def add_parser(subparsers) -> None:
                         help="random crop + flip on the training set (default: on for CIFAR-10 only)")
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes for the imagenet folder loader "
                         "(default: 0, decode in the training process)")
+    parser.add_argument("--decoder", choices=["pillow", "simplejpeg", "turbojpeg", "auto"],
+                        help="imagenet JPEG decoder; simplejpeg/turbojpeg need `pip install bioprop[fast-jpeg]` "
+                             "(default: pillow)")
+    parser.add_argument("--jpeg-draft", choices=["off", "train", "all"],
+                        help="imagenet: decode JPEGs at reduced size where the crop allows (faster, slightly "
+                             "different pixels) (default: off)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+                        help="do not compare the published checksums before training (for your own modified "
+                             "copy of a dataset; recorded in config.json)")
     parser.add_argument("--model", help="network name (see `bioprop models`)")
     parser.add_argument("--rule", help="learning rule (see `bioprop rules`)")
     parser.add_argument("--epochs", type=int)
@@ -79,7 +88,8 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
     config = TrainConfig.from_dict(base.to_dict())  # a copy
     data_flags = {"name": args.data, "data_dir": args.data_dir, "val_size": args.val_size,
                   "normalization": args.normalization, "augment": args.augment,
-                  "num_workers": args.num_workers}
+                  "num_workers": args.num_workers, "decoder": args.decoder, "jpeg_draft": args.jpeg_draft,
+                  "verify": args.verify}
     config.data = dataclasses.replace(config.data, **{k: v for k, v in data_flags.items() if v is not None})
     for flag in ("model", "rule", "epochs", "batch_size", "eval_batch_size", "seed", "device", "precision",
                  "optimizer_impl", "limit_batches", "limit_eval_batches", "train_eval_size", "checkpoint_every"):
@@ -95,12 +105,29 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
     return config
 
 
+def saved_config(out: Path) -> TrainConfig | None:
+    """The config of the run in ``out`` (its config.json), or None when there is none yet."""
+    import json
+
+    path = out / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise BiopropError(f"{path} cannot be read ({error}); expected the config.json bioprop wrote") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
+
+
 def run(args) -> int:
     base = None
     if args.preset:
         from bioprop.presets import get_preset
 
         base = get_preset(args.preset).config()
+    elif args.resume and args.out:
+        base = saved_config(Path(args.out))  # flags given again must agree with it (checked on resume)
     config = config_from_args(args, base)
     out = Path(args.out) if args.out else None
     result = train(config, out=out, resume=args.resume, progress=not args.no_progress)

@@ -48,9 +48,10 @@ Where files are looked for, in order (:mod:`bioprop.data.sources`):
 The first folder that holds a complete copy wins (a partial copy is reported and skipped).
 Downloads are written atomically (temporary file, then :func:`os.replace`) and checksum-verified.
 ImageNet variants cannot be fetched; the error says where they were looked for and how to
-provide them. Checksums: loading checks structure only (so generated or re-encoded copies load);
-:func:`verify` / ``bioprop data verify`` and :func:`fetch` / ``bioprop data fetch`` compare the
-published MD5s, and ``load_data(..., verify=True)`` does so before loading.
+provide them. Checksums: :func:`load_data` compares the published MD5s before loading unless
+``DataConfig.verify`` is false (``--no-verify``, for a user's own modified copy; the structure is
+always checked), remembering each file's checksum by path, size and modification time;
+:func:`verify` / ``bioprop data verify`` and :func:`fetch` / ``bioprop data fetch`` do the same.
 
 Data-parallel runs: let rank 0 call :func:`fetch` (or :func:`load_data`) before the other ranks
 load, so that only one process downloads or unpacks into the cache; every rank then passes its

@@ -90,7 +90,9 @@ def verify(name: str, data_dir=None, strict: bool = True) -> list[FileCheck]:
         lines = "\n".join(f"  - {r.path}: {r.note} (expected md5 {r.expected_md5}, got "
                           f"{r.actual_md5})" for r in bad)
         raise ChecksumError(f"dataset {name!r}: {len(bad)} of {len(report)} files failed "
-                            f"verification; expected the published files:\n{lines}", report)
+                            f"verification; expected the published files:\n{lines}\nTo re-fetch, delete "
+                            f"the bad files and run `bioprop data fetch {name}`; to train on a modified "
+                            f"copy on purpose, pass --no-verify (recorded in config.json)", report)
     return report
 
 

@@ -163,9 +163,13 @@ class PillowDecoder:
 
 
 class SimpleJpegDecoder:
-    """``simplejpeg`` (bundles libjpeg-turbo); JPEG only, strict about damaged data."""
+    """``simplejpeg`` (bundles libjpeg-turbo); JPEG only, strict about damaged data.
+
+    Only YCbCr and greyscale JPEGs, where it gives Pillow's pixels exactly; CMYK/YCCK ones
+    (22 files of the ImageNet training set) are left to Pillow's colour conversion."""
 
     name = "simplejpeg"
+    COLORSPACES = ("YCbCr", "Gray")
 
     def __init__(self):
         self.module = importlib.import_module("simplejpeg")
@@ -175,7 +179,9 @@ class SimpleJpegDecoder:
         return width, height
 
     def decode(self, data: bytes, factor: int = 1) -> tuple[Image.Image, int]:
-        width, height = self.size(data)
+        height, width, colorspace, _ = self.module.decode_jpeg_header(data)
+        if colorspace not in self.COLORSPACES:
+            raise ValueError(f"colour space {colorspace}: left to Pillow")
         min_width, min_height = reduced_size(width, height, factor)
         array = self.module.decode_jpeg(data, colorspace="RGB", min_width=min_width,
                                         min_height=min_height, strict=True)
@@ -183,9 +189,11 @@ class SimpleJpegDecoder:
 
 
 class TurboJpegDecoder:
-    """``PyTurboJPEG`` (needs the libturbojpeg shared library); JPEG only."""
+    """``PyTurboJPEG`` (needs the libturbojpeg shared library); JPEG only, YCbCr and
+    greyscale (TJCS_YCbCr = 1, TJCS_GRAY = 2) as for simplejpeg."""
 
     name = "turbojpeg"
+    COLORSPACES = (1, 2)
 
     def __init__(self):
         self.module = importlib.import_module("turbojpeg")
@@ -196,7 +204,9 @@ class TurboJpegDecoder:
         return width, height
 
     def decode(self, data: bytes, factor: int = 1) -> tuple[Image.Image, int]:
-        width, height = self.size(data)
+        width, height, _, colorspace = self.jpeg.decode_header(data)[:4]
+        if colorspace not in self.COLORSPACES:
+            raise ValueError(f"colour space {colorspace}: left to Pillow")
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # libjpeg warnings (truncated data) are failures
             array = self.jpeg.decode(data, pixel_format=self.module.TJPF_RGB,
@@ -336,7 +346,7 @@ def load_image(path: str, train: bool, seed: int, flip: str, *, decoder: str = "
     codec = PILLOW if decoder == "pillow" else get_decoder(decoder)
     img = (train_view(data, random.Random(seed), flip, codec, draft, path) if train
            else eval_view(data, codec, draft, path))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 # ---------------------------------------------------------------- dataset and loader

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -76,8 +77,50 @@ def is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+CHECKSUM_MEMO = "checksums.json"
+
+
+def _memo_path() -> Path:
+    return cache_dir() / CHECKSUM_MEMO
+
+
+def _memo_key(path: Path, uncompressed: bool) -> str | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{int(uncompressed)}"
+
+
 def md5_file(path: Path, uncompressed: bool = True) -> str:
-    """MD5 of a file; of its decompressed content when it is gzip and ``uncompressed``."""
+    """MD5 of a file; of its decompressed content when it is gzip and ``uncompressed``.
+
+    Remembered in the cache (``checksums.json``) keyed by the file's path, size and modification
+    time, so verifying before every run costs nothing until a file changes."""
+    path = Path(path)
+    key = _memo_key(path, uncompressed)
+    memo: dict = {}
+    try:
+        memo = json.loads(_memo_path().read_text())
+    except (OSError, ValueError):
+        pass
+    if key is not None and key in memo:
+        return memo[key]
+    value = _md5_file(path, uncompressed)
+    if key is not None:
+        memo[key] = value
+        try:  # a best-effort memo: a read-only cache only costs the next run a re-hash
+            target = _memo_path()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(memo, indent=0))
+            os.replace(temporary, target)
+        except OSError:
+            pass
+    return value
+
+
+def _md5_file(path: Path, uncompressed: bool) -> str:
     digest = hashlib.md5()
     opener = gzip.open if uncompressed and is_gzip(path) else open
     try:

@@ -34,6 +34,9 @@ class DataConfig:
     crop_padding: int = 4  # in-memory sets: random crop with this much zero padding
     flip: str = "horizontal"  # "horizontal", "vertical" (as the paper's text says), "none"
     num_workers: int = 0  # DataLoader workers for the imagenet folder loader
+    decoder: str = "pillow"  # imagenet JPEG decoder: pillow, simplejpeg, turbojpeg, auto (fastest installed)
+    jpeg_draft: str = "off"  # imagenet: decode JPEGs at reduced size where the crop allows: off, train, all
+    verify: bool = True  # compare the published checksums before loading (False: a user's own modified copy)
 
     def validate(self) -> None:
         if self.normalization not in NORMALIZATIONS:
@@ -45,6 +48,14 @@ class DataConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BiopropError(f"data.{field}={value!r}; expected an integer >= 0")
+        from bioprop.data.imagenet import DECODERS, DRAFT_MODES
+
+        if self.decoder not in DECODERS:
+            raise BiopropError(f"data.decoder={self.decoder!r}; expected one of {', '.join(DECODERS)}")
+        if self.jpeg_draft not in DRAFT_MODES:
+            raise BiopropError(f"data.jpeg_draft={self.jpeg_draft!r}; expected one of {', '.join(DRAFT_MODES)}")
+        if self.verify not in (True, False):
+            raise BiopropError(f"data.verify={self.verify!r}; expected true or false")
         if self.augment not in (None, True, False):
             raise BiopropError(f"data.augment={self.augment!r}; expected true, false or null")
 
@@ -88,18 +99,19 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def load_data(config: DataConfig, seed: int = 0, *, verify: bool = False) -> DataBundle:
+def load_data(config: DataConfig, seed: int = 0, *, verify: bool | None = None) -> DataBundle:
     """Load dataset ``config.name`` (fetching it into the cache if needed) and split it.
 
-    Loading always checks structure (shapes, dtypes, label ranges) but not checksums, so
-    home-made or test copies load; ``verify=True`` first compares the published MD5s and raises
-    :class:`~bioprop.data.catalog.ChecksumError` on a mismatch (``bioprop data verify`` does
-    the same from the command line; files that were downloaded are always verified)."""
+    Loading always checks structure (shapes, dtypes, label ranges). Unless ``config.verify`` is
+    false (``--no-verify``; the ``verify`` argument overrides it), the published MD5s are compared
+    first and a mismatch raises :class:`~bioprop.data.catalog.ChecksumError` naming the file, the
+    expected and the actual checksum. Checksums are remembered by path, size and modification
+    time, so this costs one hash per file until a file changes."""
     config.validate()
     source = catalog.DATASETS.get(config.name)
     info: DatasetInfo = source.info
     path = source.obtain(config.data_dir)
-    if verify:
+    if config.verify if verify is None else verify:
         catalog.verify(config.name, config.data_dir, strict=True)
     data = source.load(path)
     augment = info.augment_default if config.augment is None else config.augment
@@ -116,7 +128,8 @@ def load_data(config: DataConfig, seed: int = 0, *, verify: bool = False) -> Dat
 
     if isinstance(data, FolderData):
         def make(items):
-            return FolderSplit(items, mean, std, config.flip, config.num_workers)
+            return FolderSplit(items, mean, std, config.flip, config.num_workers, decoder=config.decoder,
+                               draft=config.jpeg_draft)
         train = make([data.train[i] for i in train_idx.tolist()])
         val = make([data.train[i] for i in val_idx.tolist()]) if config.val_size else None
         test = make(data.test)

@@ -30,10 +30,12 @@ def _upper(values: list[float], floor: float = 5.0) -> float:
     return min(100.0, max(floor, 2.0 * sorted(values)[len(values) // 2] + 1.0, 1.15 * min(values)))
 
 
-def learning_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: str, top5: bool = False) -> Path:
+def learning_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: str, top5: bool = False,
+                    ylim: tuple[float, float] | None = None) -> Path:
     """One panel, all cells of one (dataset, architecture): mean over seeds of the train error
     (dashed) and test error (solid), as in Figures 2 and 8; ImageNet (``top5``): top-1 test
-    solid, top-5 test dotted, as in Figure 3. ``cells`` = (method key, label, runs)."""
+    solid, top-5 test dotted, as in Figure 3. ``cells`` = (method key, label, runs); ``ylim``
+    fixes the error axis (default: scaled to the curves)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     bests = []
     for method, label, runs in cells:
@@ -48,7 +50,7 @@ def learning_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: 
             e_tr, train = mean_curve(runs, "train_error")
             ax.plot(e_tr, train, "--", color=color, lw=1.1, alpha=0.9)
         bests.append(stat(runs, "best_test_error").mean)
-    ax.set_ylim(0, 100.0 if top5 else _upper(bests))
+    ax.set_ylim(*(ylim or (0, 100.0 if top5 else _upper(bests))))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("error (%)")

@@ -130,7 +130,8 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
               **overrides) -> list[RunSpec]:
     """Every (preset or sweep variant) x seed, seed-major so that early results cover every cell.
 
-    ``overrides`` are TrainConfig fields (``limit_eval_batches``, ``device``) or ``data_dir``;
+    ``overrides`` are TrainConfig fields (``limit_eval_batches``, ``device``), ``data_dir`` or
+    ``verify`` (False: skip the checksum comparison);
     ``limit_batches`` is a number or, like ``epochs``, per-pattern values.
     ``aux_sweep`` adds, for every AO-SDTP preset, one variant per auxiliary size (the preset's
     own size is the plain run).
@@ -143,6 +144,7 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
     if not isinstance(limit_batches, EpochBudget):
         limit_batches = EpochBudget.parse(limit_batches, "--limit-batches")
     data_dir = overrides.pop("data_dir", None)
+    verify = overrides.pop("verify", None)
     variants: list[tuple[Preset, str, dict]] = []
     for preset in presets:
         variants.append((preset, preset.name, {}))
@@ -165,6 +167,8 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
                 config.limit_batches = batches
             if data_dir is not None:
                 config.data.data_dir = str(data_dir)
+            if verify is not None:
+                config.data.verify = bool(verify)
             apply_variant(config, variant)
             config.validate()
             specs.append(RunSpec(preset.name, folder, seed, config, variant))
@@ -202,24 +206,27 @@ def _execute(spec_dict: dict, root: str, progress: bool, threads: int | None, ec
     """Trains one run (in this process or a worker process); returns its summary."""
     import torch
 
-    from bioprop.training import Trainer
+    from bioprop.training import Trainer, distributed
 
     if threads:
         torch.set_num_threads(threads)
     config = TrainConfig.from_dict(spec_dict["config"])
     path = Path(root) / spec_dict["folder"] / f"seed{config.seed}"
-    path.mkdir(parents=True, exist_ok=True)
-    state, _ = run_state(path, config.epochs)
+    parallel = distributed.join(config.device)
+    parallel.barrier()  # under torchrun: every process has finished the previous run
+    if parallel.is_main:
+        path.mkdir(parents=True, exist_ok=True)
     tag = f"{spec_dict['folder']} seed{config.seed}"
-    with open(path / "train.log", "a") as log_file:
+    with open(path / "train.log" if parallel.is_main else os.devnull, "a") as log_file:
         def log(line: str) -> None:
             log_file.write(line + "\n")
             log_file.flush()
-            if echo:
+            if echo and parallel.is_main:
                 print(f"[{tag}] {line}", flush=True)
 
         started = time.time()
-        trainer = Trainer(config, out=path, resume=state == "partial", progress=progress, log=log)
+        # resume=True also starts afresh when no checkpoint was written yet
+        trainer = Trainer(config, out=path, resume=True, progress=progress, log=log)
         trainer.fit()
     from bioprop.training import summarize
 
@@ -249,13 +256,22 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
               threads: int | None = None) -> dict[str, list[RunSpec]]:
     """Runs every spec not done yet, ``jobs`` at a time with ``threads`` torch threads each
     (default: CPU cores / jobs); returns {"skipped": [...], "ran": [...], "failed": [...]}."""
+    from bioprop.training import distributed
+
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
         raise BiopropError(f"--jobs {jobs}: expected a positive number of parallel runs")
+    parallel = distributed.join(specs[0].config.device if specs else "auto")
+    if parallel.enabled and jobs != 1:
+        raise BiopropError("--jobs: under torchrun the processes train each run together; use --jobs 1")
+    if not parallel.is_main:  # every process trains every run with rank 0; only rank 0 writes and logs
+        log = lambda line: None  # noqa: E731
+    else:
+        root.mkdir(parents=True, exist_ok=True)
     todo, skipped = [], []
     for spec in specs:
-        write_spec(root, spec)
+        if parallel.is_main:
+            write_spec(root, spec)
         state, done = run_state(spec.path(root), spec.config.epochs)
         if state == "done":
             skipped.append(spec)

@@ -34,6 +34,7 @@ class Run:
     config: dict
     metrics: list[dict]
     variant: dict = field(default_factory=dict)
+    status: str = "ok"  # "diverged" when training stopped on a non-finite value (results.json)
 
     @property
     def summary(self) -> dict:
@@ -45,7 +46,7 @@ class Run:
 
     def export(self) -> dict:
         return {"folder": self.folder, "preset": self.preset, "variant": self.variant, "seed": self.seed,
-                "config": self.config, "summary": self.summary, "metrics": self.metrics}
+                "status": self.status, "config": self.config, "summary": self.summary, "metrics": self.metrics}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -61,7 +62,7 @@ def load_runs(root: str | Path) -> list[Run]:
         for file in sorted(export.glob("*/seed*.json")):
             data = json.loads(file.read_text())
             runs.append(Run(data["folder"], data["preset"], int(data["seed"]), data["config"], data["metrics"],
-                            data.get("variant", {})))
+                            data.get("variant", {}), data.get("status", "ok")))
     for spec_file in sorted(root.glob("*/spec.json")):
         spec = json.loads(spec_file.read_text())
         for seed_dir in sorted(spec_file.parent.iterdir()):
@@ -73,8 +74,10 @@ def load_runs(root: str | Path) -> list[Run]:
             if not metrics:
                 continue
             config = json.loads((seed_dir / "config.json").read_text()) if (seed_dir / "config.json").exists() else {}
+            results = seed_dir / "results.json"
+            status = json.loads(results.read_text()).get("status", "ok") if results.exists() else "ok"
             runs.append(Run(spec_file.parent.name, spec["preset"], int(match.group(1)), config, metrics,
-                            spec.get("variant", {})))
+                            spec.get("variant", {}), status))
     # a folder present in both layouts: the live run folder wins (it may have more epochs)
     unique: dict[tuple[str, int], Run] = {}
     for run in runs:

@@ -35,6 +35,7 @@ BP, FA and DFA search the forward Adam settings only. Everything else comes from
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import socket
 import time
@@ -109,7 +110,20 @@ def _trial_sampler_class():
     return TrialSeededRandomSampler
 
 
-def storage_for(url: str | None, out: Path):
+MAX_RETRIES = 2
+
+
+def retry_failed_trial(study, trial) -> None:
+    """Optuna's failed-trial callback (a stale trial of a dead worker): queue it again with the
+    same parameters, at most ``MAX_RETRIES`` times; the retry resumes the dead trial's run."""
+    retries = int(trial.user_attrs.get("retries", 0))
+    if retries >= MAX_RETRIES:
+        return
+    first = int(trial.user_attrs.get("retry_of", trial.number))
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": first, "retries": retries + 1})
+
+
+def storage_for(url: str | None, out: Path, heartbeat: int = 60):
     """An Optuna RDB storage: SQLite in ``out/search.db`` by default; waits on locks (many workers)."""
     import optuna
 
@@ -117,13 +131,20 @@ def storage_for(url: str | None, out: Path):
         out.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(out / 'search.db').resolve()}"
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    # the stale-trial callback argument was renamed in Optuna 4.9
+    stale_callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
+                      in inspect.signature(optuna.storages.RDBStorage.__init__).parameters else "failed_trial_callback")
     last_error = None
     for attempt in range(5):  # workers starting together race to create the schema: retry
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60,
-                                                  grace_period=600)
+                # a worker's trials beat every `heartbeat` seconds; a RUNNING trial silent for longer
+                # than the grace period belongs to a dead worker: it is marked failed and re-queued
+                # with the same parameters (and resumes from the dead trial's checkpoint)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                    **{stale_callback: retry_failed_trial})
         except Exception as error:  # noqa: BLE001 - surface a bad URL as a user error
             last_error = error
             if "://" not in url or url.split("://")[0].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
@@ -154,7 +175,7 @@ class Search:
     def __init__(self, preset: Preset, trials: int = 60, storage: str | None = None, study_name: str | None = None,
                  epochs: int | None = None, cull_after: int | None = None, out: str | Path | None = None,
                  seed: int = 0, overrides: dict | None = None, progress: bool = False,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, heartbeat: int = 60):
         if not isinstance(trials, int) or trials < 1:
             raise BiopropError(f"--trials {trials!r}: expected a positive number of trials")
         if epochs is not None and epochs < 1:
@@ -164,9 +185,12 @@ class Search:
         if cull_after is not None and cull_after < 0:
             raise BiopropError(f"--cull-after {cull_after}: expected >= 0 (0 = no culling)")
         self.preset = preset
-        self.base = preset.config(**{k: v for k, v in (overrides or {}).items() if k != "data_dir" and v is not None})
+        data_fields = ("data_dir", "verify")
+        self.base = preset.config(**{k: v for k, v in (overrides or {}).items() if k not in data_fields and v is not None})
         if (overrides or {}).get("data_dir"):
             self.base.data.data_dir = str(overrides["data_dir"])
+        if (overrides or {}).get("verify") is not None:
+            self.base.data.verify = bool(overrides["verify"])
         if epochs is not None:
             self.base.epochs = epochs
         self.cull_after = cull_after if cull_after and cull_after < self.base.epochs else None
@@ -177,6 +201,8 @@ class Search:
         self.seed = seed
         self.progress = progress
         self.log = log
+        self.heartbeat = heartbeat
+        self.parallel = None  # set by run(): this process's place in a torchrun job
         self._data = None
 
     # -- optuna plumbing --------------------------------------------------------------------
@@ -185,17 +211,29 @@ class Search:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = _trial_sampler_class()(seed=self.seed)
-        study = optuna.create_study(study_name=self.study_name, storage=storage_for(self.storage_url, self.out),
+        study = optuna.create_study(study_name=self.study_name,
+                                    storage=storage_for(self.storage_url, self.out, self.heartbeat),
                                     sampler=sampler, direction="minimize", load_if_exists=True)
         study.set_user_attr("preset", self.preset.name)
         return study
 
     def _counted(self, study) -> int:
+        """Trials done or under way: RUNNING ones of dead workers are first failed (and re-queued)."""
         import optuna
 
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING,
-                  optuna.trial.TrialState.WAITING, optuna.trial.TrialState.PRUNED)
+                  optuna.trial.TrialState.PRUNED)
         return len(study.get_trials(deepcopy=False, states=states))
+
+    @staticmethod
+    def _waiting(study) -> int:
+        """Re-queued retries of failed trials, still to be run."""
+        import optuna
+
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
     def trial_dir(self, number: int) -> Path:
         return self.out / "trials" / f"{self.study_name}-{number:04d}"
@@ -207,20 +245,49 @@ class Search:
             self._data = load_data(config.data, seed=config.seed)
         return self._data
 
+    def _train(self, config: TrainConfig, path: Path, log=lambda line: None) -> list[dict]:
+        """Trains (or resumes) one run; under torchrun every process trains it, told by rank 0."""
+        from bioprop.training import Trainer
+
+        self.parallel.broadcast((config.to_dict(), str(path)))
+        trainer = Trainer(config, out=path, resume=True, progress=self.progress, data=self._data_for(config),
+                          log=log)
+        return trainer.fit()
+
+    def _follow(self) -> dict:
+        """The loop of a torchrun process other than rank 0: train what rank 0 sends, until None."""
+        from bioprop.training import DivergenceError, Trainer
+
+        while (order := self.parallel.broadcast(None)) is not None:
+            config, path = TrainConfig.from_dict(order[0]), Path(order[1])
+            try:
+                Trainer(config, out=path, resume=True, progress=False, data=self._data_for(config),
+                        log=lambda line: None).fit()
+            except DivergenceError:
+                pass  # rank 0 records it
+        return {"study": self.study_name, "follower": True}
+
     def objective(self, trial) -> float:
-        from bioprop.training import Trainer, summarize
+        import optuna
+
+        from bioprop.training import DivergenceError, summarize
 
         config = suggest(trial, self.base)
         phase1 = self.cull_after or config.epochs
         config.epochs = phase1
-        path = self.trial_dir(trial.number)
+        # a retry of a trial whose worker died continues that trial's run from its checkpoint
+        path = self.trial_dir(int(trial.user_attrs.get("retry_of", trial.number)))
         trial.set_user_attr("run_dir", str(path.resolve()))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("epochs", phase1)
         started = time.time()
-        trainer = Trainer(config, out=path, progress=self.progress, data=self._data_for(config), log=lambda line: None)
-        trainer.fit()
-        summary = summarize(trainer.metrics)
+        try:
+            metrics = self._train(config, path)
+        except DivergenceError as error:  # a diverged configuration is a result: pruned, and the search goes on
+            trial.set_user_attr("diverged", str(error))
+            self.log(f"trial {trial.number} diverged: {error}")
+            raise optuna.TrialPruned(str(error)) from None
+        summary = summarize(metrics)
         value = summary.get("best_val_error", summary["best_test_error"])
         for key in ("best_test_error", "test_error_at_best_val", "best_val_epoch", "final_train_error"):
             if key in summary:
@@ -231,12 +298,23 @@ class Search:
 
     # -- the worker loop ----------------------------------------------------------------------
     def run(self, continue_only: bool = False) -> dict:
+        from bioprop.training import distributed
+
+        self.parallel = distributed.join(self.base.device)
+        if not self.parallel.is_main:
+            return self._follow()
+        try:
+            return self._lead(continue_only)
+        finally:
+            self.parallel.broadcast(None)  # the other processes stop
+
+    def _lead(self, continue_only: bool) -> dict:
         import optuna
 
         study = self.study()
         failures = 0
         finished: list = []
-        while not continue_only and self._counted(study) < self.trials:
+        while not continue_only and (self._counted(study) < self.trials or self._waiting(study)):
             # optimize() (rather than ask/tell) keeps the storage heartbeat, so a trial of a killed
             # worker is marked failed instead of blocking the study forever
             study.optimize(self.objective, n_trials=1, catch=(RuntimeError, FloatingPointError),
@@ -261,7 +339,7 @@ class Search:
         """Phase 2 of culling: resume the best trial's run to the full budget (once per study)."""
         import optuna
 
-        from bioprop.training import Trainer, summarize
+        from bioprop.training import summarize
 
         done = study.user_attrs.get("continued")
         if done and done.get("epochs", 0) >= self.base.epochs:
@@ -286,10 +364,7 @@ class Search:
             config = suggest(optuna.trial.FixedTrial(best.params, number=best.number), self.base)
             self.log(f"culling: continuing only trial {best.number} (best val error {best.value:.2f}% after "
                      f"{best.user_attrs.get('epochs')} epochs) to {config.epochs} epochs")
-            trainer = Trainer(config, out=path, resume=True, progress=self.progress, data=self._data_for(config),
-                              log=self.log)
-            trainer.fit()
-            summary = summarize(trainer.metrics)
+            summary = summarize(self._train(config, path, log=self.log))
             record = {"trial": best.number, "epochs": summary["epochs"], "run_dir": str(path), **{
                 k: summary[k] for k in ("best_val_error", "test_error_at_best_val", "best_test_error") if k in summary}}
             study.set_user_attr("continued", record)

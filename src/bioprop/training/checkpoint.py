@@ -10,9 +10,18 @@ from typing import Any
 
 import torch
 
+from bioprop.errors import BiopropError
+
 
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
+    try:
+        _write_replace(path, write)
+    except OSError as error:  # a full disk, a read-only folder, ...: the previous file is still intact
+        raise BiopropError(f"could not write {path}: {error.strerror or error}") from None
+
+
+def _write_replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,3 +49,27 @@ def save_jsonl(rows: list[dict], path: Path) -> None:
 
 def load_torch(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by the trainer, or a :class:`BiopropError` naming the file."""
+    try:
+        checkpoint = load_torch(path)
+    except Exception as error:  # noqa: BLE001 - truncated, garbage, empty, unreadable: all the same to the user
+        raise BiopropError(f"checkpoint {path} cannot be read ({type(error).__name__}: {str(error)[:200]}); "
+                           f"it is not a bioprop checkpoint or it is damaged. Move it away to start the run "
+                           f"afresh") from None
+    required = {"epoch", "config", "rule", "optimizers", "rng", "metrics"}
+    if not isinstance(checkpoint, dict) or not required <= set(checkpoint):
+        raise BiopropError(f"checkpoint {path} is not a bioprop training checkpoint (expected the keys "
+                           f"{', '.join(sorted(required))})")
+    return checkpoint
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Deletes the temporary files of atomic writes that a killed process left in ``folder``."""
+    removed = []
+    for temporary in Path(folder).glob(".*.tmp"):
+        temporary.unlink(missing_ok=True)
+        removed.append(temporary)
+    return removed

@@ -76,6 +76,14 @@ class DataParallel:
         if self.enabled:
             dist.barrier()
 
+    def broadcast(self, value):
+        """``value`` from rank 0 on every process (any picklable object)."""
+        if not self.enabled:
+            return value
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+        return box[0]
+
 
 def from_environment(device: torch.device) -> tuple[DataParallel, torch.device]:
     """Joins the ``torchrun`` job described by the environment, if any; returns the context and
@@ -87,6 +95,14 @@ def from_environment(device: torch.device) -> tuple[DataParallel, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():  # gloo for CPU tensors (counters, objects) also on CUDA jobs
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return DataParallel(rank=rank, world_size=world_size, local_rank=local_rank, device=device), device
+
+
+def join(device_name: str = "auto") -> DataParallel:
+    """Joins the ``torchrun`` job of the environment, if any (the experiment drivers call this
+    before deciding what to run, so that every process decides the same)."""
+    from bioprop.training.trainer import resolve_device
+
+    return from_environment(resolve_device(device_name))[0]

@@ -32,7 +32,7 @@ from bioprop.errors import BiopropError
 from bioprop.models import create_model
 from bioprop.rules import LearningRule, create_rule
 from bioprop.training import distributed, precision
-from bioprop.training.checkpoint import load_torch, save_json, save_jsonl, save_torch
+from bioprop.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_json, save_jsonl, save_torch
 from bioprop.training.config import AdamConfig, TrainConfig, parse_checkpoint_every
 from bioprop.training.evaluation import evaluate
 from bioprop.training.results import summarize
@@ -145,6 +145,10 @@ class Trainer:
         self.pass_state = PassState()
         if checkpoint is not None:
             self._restore(checkpoint)
+            if self.parallel.is_main:
+                where = f" (pass {self.start_pass + 1}, step {self.pass_state.step})" if self.start_pass or \
+                    self.pass_state.step else ""
+                self.log(f"resuming {self.out} at epoch {self.start_epoch + 1} of {config.epochs}{where}")
 
     # -- set-up ---------------------------------------------------------------------------
     def _find_checkpoint(self, resume: bool):
@@ -152,7 +156,11 @@ class Trainer:
             if resume:
                 raise BiopropError("--resume needs --out, the run folder to continue")
             return None
+        if self.out.exists() and not self.out.is_dir():
+            raise BiopropError(f"--out {self.out} is a file; expected a run folder (new or existing)")
         path = self.out / CHECKPOINT
+        if self.out.is_dir() and self.parallel.is_main:
+            remove_stale_temporaries(self.out)  # of a process killed while writing
         if not path.exists():
             if resume and self.parallel.is_main:  # killed before its first checkpoint, or never run
                 self.log(f"no checkpoint in {self.out} yet: starting the run from the beginning")
@@ -160,8 +168,10 @@ class Trainer:
         if not resume:
             raise BiopropError(f"{self.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
                                f"or choose another --out")
-        checkpoint = load_torch(path)
-        saved, current = _comparable(checkpoint["config"]), _comparable(self.config.to_dict())
+        checkpoint = load_checkpoint(path)
+        # through from_dict both ways: a run saved by an older version gets the new fields' defaults
+        saved = _comparable(TrainConfig.from_dict(checkpoint["config"]).to_dict())
+        current = _comparable(self.config.to_dict())
         changed = [key for key in current if saved.get(key) != current[key]]
         if changed:
             raise BiopropError(f"--resume: the config differs from the saved run in {', '.join(changed)}")
@@ -396,9 +406,11 @@ _UNCOMPARED = ("epochs", "device", "checkpoint_every")
 
 def _comparable(config: dict) -> dict:
     """The settings a resumed run must share with the saved one: all but the epoch budget and
-    where things run or are read from (device, data folder, loader workers, checkpoint interval)."""
+    where things run or are read from (device, data folder, loader workers, JPEG decoder, checkpoint
+    interval)."""
     config = {key: value for key, value in config.items() if key not in _UNCOMPARED}
-    config["data"] = {key: value for key, value in config["data"].items() if key not in ("data_dir", "num_workers")}
+    config["data"] = {key: value for key, value in config["data"].items()
+                      if key not in ("data_dir", "num_workers", "decoder")}  # decoders give the same pixels
     return config
 
 
