@@ -90,15 +90,21 @@ def test_activation_estimate_matches_what_autograd_saves_on_cpu(model, rule, bat
 
 @pytest.mark.parametrize("model, rule, batch_size", [("mnist-fc", "bp", 64), ("mnist-fc", "dtp", 64),
                                                       ("mnist-lc", "fa", 32), ("mnist-lc", "sdtp", 32)])
+@pytest.mark.slow  # the profiler's CPU memory events proved unreliable (missed allocations in some runs)
 def test_working_memory_matches_the_cpu_allocator_peak(model, rule, batch_size):
+    _check_working_memory(model, rule, batch_size)
+
+
+def _check_working_memory(model, rule, batch_size):
     planned = plan(model, rule, batch_size)
     built = real_rule(model, rule)
     for groups in built.passes():
         real_step(built, groups, batch_size)
     for groups, step in zip(built.passes(), planned.steps):
-        # the least of three steps: the profiler also records what other threads of the test
-        # process allocate meanwhile, which once inflated a single measurement in a full-suite run
-        measured = min(allocator_peak_bytes(built, groups, batch_size) for _ in range(3))
+        # the median of three profiled steps, after a throw-away one: the first profile of a
+        # process misses allocations, and one profile in a full-suite run once read 67 % high
+        allocator_peak_bytes(built, groups, batch_size)
+        measured = sorted(allocator_peak_bytes(built, groups, batch_size) for _ in range(3))[1]
         assert step.working_peak_bytes == pytest.approx(measured, rel=MEMORY_TOLERANCE), (groups, measured)
         # all saved tensors are alive before the (single) backward call, all gradients after it
         assert step.working_peak_bytes >= max(step.activation_bytes, step.gradient_bytes)
