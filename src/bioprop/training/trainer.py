@@ -286,7 +286,8 @@ class Trainer:
                     state.diagnostic_counts[key] += 1
                 state.step += 1
                 bar.update()
-                if self.device.type == "cpu" and not bool(finite):  # free on the CPU: stop at once, by name
+                # free on the CPU: stop at once, by name (data-parallel jobs decide together at the pass end)
+                if self.device.type == "cpu" and not self.parallel.enabled and not bool(finite):
                     names = ["loss", *step.local_losses]
                     bad = [name for name, value in zip(names, checked.tolist()) if not math.isfinite(value)]
                     raise DivergenceError(f"rule {config.rule!r}: non-finite {', '.join(bad)} in epoch {epoch + 1}, "
