@@ -41,6 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bioprop: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: leave the process group cleanly (a process exiting with gloo's threads still
+    running aborts with "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
