@@ -1,21 +1,24 @@
 """A tiny name -> factory registry, shared by datasets, models and learning rules.
 
 Registering twice under one name is an error; looking up an unknown name raises a
-:class:`~bioprop.errors.BiopropError` that lists the names that do exist.
+:class:`~bioprop.errors.BiopropError` that suggests the closest registered names and lists the
+names that do exist.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from bioprop.checks import suggest
 from bioprop.errors import BiopropError
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, listing: str | None = None):
         self.kind = kind
+        self.listing = listing  # where users find the names, instead of listing them all in errors
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -30,12 +33,12 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        try:
+        if isinstance(name, str) and name in self._entries:
             return self._entries[name]
-        except KeyError:
-            raise BiopropError(
-                f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}"
-            ) from None
+        expected = self.listing or f"expected one of: {', '.join(self.names())}"
+        if not isinstance(name, str):
+            raise BiopropError(f"{self.kind} must be a name ({expected}), got {name!r}")
+        raise BiopropError(f"unknown {self.kind} {name!r}{suggest(name, self.names())} ({expected})")
 
     def names(self) -> list[str]:
         return sorted(self._entries)

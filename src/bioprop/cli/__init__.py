@@ -1,34 +1,52 @@
 """``bioprop`` command line: one sub-command per module, each adding its own parser.
 
-A :class:`~bioprop.errors.BiopropError` anywhere becomes ``bioprop: error: ...`` on stderr and
-exit status 2, before any training starts where the error is in the input.
+Bad input is refused before any work starts, with one line on stderr and exit status 2:
+``bioprop COMMAND: error: ...`` for what argparse cannot parse (an unknown flag, a missing
+value, ``--lr nan``), ``bioprop: error: ...`` for a :class:`~bioprop.errors.BiopropError`
+raised by the checks that follow (unknown names, out-of-range values, unusable folders).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from bioprop.cli import data, info, plan, presets, report, reproduce, search, train
+from bioprop.cli.args import Parser, UsageError, printable
 from bioprop.errors import BiopropError
 from bioprop.training import DivergenceError
 
 COMMANDS = [train, data, info, presets, reproduce, report, search, plan]
 
+DESCRIPTION = ("Biologically-motivated learning rules (backprop, feedback alignment, target propagation) "
+               "on the networks of Bartunov et al. 2018: train one run, reproduce the paper's tables, "
+               "search hyperparameters, report. `bioprop COMMAND --help` describes each command.")
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bioprop", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+def build_parser() -> Parser:
+    parser = Parser(prog="bioprop", description=DESCRIPTION)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                                       help="one of these (each has its own --help):")
     for command in COMMANDS:
         command.add_parser(subparsers)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None):
+    """The parsed command line; raises :class:`UsageError` for anything argparse refuses."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        args.command_parser.unrecognized(extras)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
+        args = parse_args(argv)
         return args.func(args) or 0
+    except UsageError as error:
+        print(f"{error.prog}: error: {printable(error)}", file=sys.stderr)
+        return 2
     except DivergenceError as error:  # a result, not bad input: its own exit status
         print(f"bioprop: diverged: {error}", file=sys.stderr)
         return 3

@@ -13,9 +13,13 @@ from bioprop.rules import RULES
 
 
 def add_parser(subparsers) -> None:
-    models = subparsers.add_parser("models", help="list the registered networks")
+    models = subparsers.add_parser("models", help="list the registered networks",
+                                   description="List the networks (--model names) with their input shape, "
+                                               "classes, weight counts and layers.")
     models.set_defaults(func=show_models)
-    rules = subparsers.add_parser("rules", help="list the registered learning rules and their options")
+    rules = subparsers.add_parser("rules", help="list the registered learning rules and their options",
+                                  description="List the learning rules (--rule names), each with its options "
+                                              "(flags of `bioprop train`) and their defaults.")
     rules.set_defaults(func=show_rules)
 
 
@@ -38,6 +42,9 @@ def show_rules(args) -> int:
         summary = inspect.cleandoc(summary)
         print(f"{name:<9} {summary.splitlines()[0] if summary else ''}")
         for option in dataclasses.fields(rule_class.Options):
-            print(f"{'':<9}   --{option.name.replace('_', '-')} (default {option.default!r}) "
-                  f"{option.metadata.get('help', '')}")
+            value = option.default
+            if value is None:  # a default that depends on the rule (inverse_loss)
+                value = getattr(rule_class, f"default_{option.name}", None)
+            default = f" (default {value})" if value is not None else ""
+            print(f"{'':<9}   --{option.name.replace('_', '-')}{default} {option.metadata.get('help', '')}")
     return 0

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
-from bioprop.cli.train import rule_option_fields
+from bioprop.cli.args import name
+from bioprop.cli.train import add_rule_options, rule_option_fields
+from bioprop.data import DATASETS
 from bioprop.errors import BiopropError
+from bioprop.models import MODELS
 from bioprop.experiments.plan import PRECISIONS, Plan, StepCost, parse_memory, plan
+from bioprop.rules import RULES
 
 
 def add_parser(subparsers) -> None:
@@ -15,19 +19,22 @@ def add_parser(subparsers) -> None:
         description="Builds the model and rule with fake tensors (no memory: seconds, even for imagenet-lc) "
                     "and measures one training step per pass: weights and buffers, Adam moments, gradients, "
                     "activations saved for backward, the step's peak working memory and its matmul FLOPs.")
-    parser.add_argument("--model", required=True, help="network name (see `bioprop models`)")
-    parser.add_argument("--rule", required=True, help="learning rule (see `bioprop rules`)")
-    parser.add_argument("--batch-size", required=True, help="training batch size (per device)")
+    parser.add_argument("--model", required=True, type=name,
+                        help=f"network: {', '.join(MODELS.names())} (see `bioprop models`)")
+    parser.add_argument("--rule", required=True, type=name,
+                        help=f"learning rule: {', '.join(RULES.names())} (see `bioprop rules`)")
+    parser.add_argument("--batch-size", required=True, metavar="N",
+                        help="training batch size (per device)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32, tf32 (same memory as fp32) or bf16 autocast (fp32 master weights)")
-    parser.add_argument("--memory", help="memory available on the device, e.g. 80GB, 141GB or 40GiB: adds a verdict")
-    parser.add_argument("--data", help="dataset for FLOPs per epoch (default: the one the model is built for)")
+                        help="fp32, tf32 (same memory as fp32) or bf16 autocast (fp32 master weights) "
+                             "(default: fp32)")
+    parser.add_argument("--memory", type=name, metavar="SIZE",
+                        help="memory available on the device, e.g. 80GB, 141GB or 40GiB: adds a verdict "
+                             "(default: no verdict)")
+    parser.add_argument("--data", type=name, help=f"dataset for FLOPs per epoch: {', '.join(DATASETS.names())} "
+                        "(default: the one the model is built for)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    options = parser.add_argument_group("learning-rule options (as for `bioprop train`)")
-    for name, option in rule_option_fields().items():
-        kind = type(option.default) if option.default is not None else str
-        options.add_argument(f"--{name.replace('_', '-')}", dest=f"rule_{name}", type=kind,
-                             choices=option.metadata.get("choices"), help=option.metadata.get("help"))
+    add_rule_options(parser, "learning-rule options (as for `bioprop train`)")
     parser.set_defaults(func=run)
 
 
@@ -37,8 +44,8 @@ def run(args) -> int:
     except ValueError:
         raise BiopropError(f"batch size must be a positive integer, got {args.batch_size!r}") from None
     memory = parse_memory(args.memory) if args.memory is not None else None
-    rule_options = {name: getattr(args, f"rule_{name}") for name in rule_option_fields()
-                    if getattr(args, f"rule_{name}") is not None}
+    rule_options = {option: getattr(args, f"rule_{option}") for option in rule_option_fields()
+                    if getattr(args, f"rule_{option}") is not None}
     result = plan(args.model, args.rule, batch_size, args.precision, data=args.data, **rule_options)
     if args.json:
         report = result.to_dict()

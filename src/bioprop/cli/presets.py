@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 import textwrap
 
-from bioprop.presets import DECISIONS, GROUPS, get_preset, list_presets
+from bioprop.checks import suggest
+from bioprop.cli.args import name
+from bioprop.errors import BiopropError
+from bioprop.presets import DECISIONS, GROUPS, PRESETS, get_preset, group_names, list_presets
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("presets", help="list the presets (one per cell of the paper's Tables 1 and 2)")
-    parser.add_argument("pattern", nargs="?", help="only presets matching this group, glob or substring "
-                        "(e.g. mnist, 'cifar-lc-*', dtp)")
-    parser.add_argument("--show", metavar="PRESET", help="print one preset's full config (JSON) and paper numbers")
+    parser = subparsers.add_parser(
+        "presets", help="list the presets (one per cell of the paper's Tables 1 and 2)",
+        description="List the presets (--preset names of `bioprop train`, targets of `bioprop reproduce`) with "
+                    "the paper's numbers; groups: " + "; ".join(f"{k} ({v})" for k, v in GROUPS.items()))
+    parser.add_argument("pattern", nargs="?", type=name, help="only presets matching this group, glob or substring "
+                        "(e.g. mnist, 'cifar-lc-*', dtp) (default: all)")
+    parser.add_argument("--show", metavar="PRESET", type=name,
+                        help="print one preset's full config (JSON) and paper numbers")
     parser.add_argument("--decisions", action="store_true",
                         help="print the decisions the paper left open and what every preset chose")
     parser.set_defaults(func=run)
@@ -38,6 +45,11 @@ def run(args) -> int:
         print(json.dumps(preset.config().to_dict(), indent=2))
         return 0
     presets = list_presets(args.pattern)
+    if not presets:
+        hint = suggest(args.pattern, group_names() + PRESETS.names())
+        raise BiopropError(f"no preset matches {args.pattern!r}{hint} "
+                           f"(groups: {', '.join(GROUPS)}; a glob such as 'cifar-lc-*' or a part of a name such as "
+                           "dtp also works)")
     print(f"{'preset':<38} {'paper test':>10} {'paper train':>11}  {'rule':<8} {'model':<14} schedule")
     for p in presets:
         numbers = p.paper if p.paper.test_error is not None else None

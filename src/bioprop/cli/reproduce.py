@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
+from bioprop.checks import check_output_folder
+from bioprop.cli.args import any_int, name, path, positive_int
+from bioprop.data.sources import check_data_folder
 from bioprop.experiments.reproduce import (EpochBudget, parse_int_list, plan_runs, record_command, reproduce,
                                            run_state)
 from bioprop.experiments.report import write_report
@@ -17,29 +20,39 @@ def add_parser(subparsers) -> None:
         description="Run every cell of a table (or the named presets) with several seeds into OUT/<preset>/seed<k>/, "
                     "skipping finished runs and resuming partial ones, then write OUT/report.md. Groups: "
                     + "; ".join(f"{k}: {v}" for k, v in GROUPS.items()))
-    parser.add_argument("targets", nargs="+", metavar="GROUP_OR_PRESET",
-                        help="mnist, fashion-mnist, cifar10, imagenet, preset names or globs ('mnist-fc-*')")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    parser.add_argument("--epochs", action="append", metavar="N|PATTERN=N",
+    parser.add_argument("targets", nargs="+", metavar="GROUP_OR_PRESET", type=name,
+                        help=f"groups ({', '.join(GROUPS)}), preset names (see `bioprop presets`) or globs "
+                             "('mnist-fc-*')")
+    parser.add_argument("--seeds", type=any_int, default=3, metavar="N", help="seeds 0..N-1 (default: 3)")
+    parser.add_argument("--epochs", action="append", metavar="N|PATTERN=N", type=name,
                         help="epoch budget (default: the preset's, 500); repeat or comma-separate PATTERN=N for "
                         "per-cell budgets, e.g. --epochs 40 --epochs lc=15")
-    parser.add_argument("--out", required=True, help="runs folder (e.g. runs/mnist)")
-    parser.add_argument("--data-dir", help="data folder (see `bioprop train --help`)")
-    parser.add_argument("--limit-batches", action="append", metavar="N|PATTERN=N",
-                        help="train on at most this many batches per epoch; PATTERN=N like --epochs (e.g. lc=250)")
-    parser.add_argument("--limit-eval-batches", type=int, help="evaluate at most this many batches per split")
-    parser.add_argument("--aux-sweep", metavar="SIZES",
+    parser.add_argument("--out", required=True, type=path, metavar="FOLDER", help="runs folder (e.g. runs/mnist)")
+    parser.add_argument("--data-dir", type=path, metavar="FOLDER",
+                        help="folder with one sub-folder per dataset (FOLDER/mnist/, ...) "
+                             "(default: $BIOPROP_DATA, else the cache, ~/.cache/bioprop)")
+    parser.add_argument("--limit-batches", action="append", metavar="N|PATTERN=N", type=name,
+                        help="train on at most this many batches per epoch; PATTERN=N like --epochs (e.g. lc=250) "
+                             "(default: all)")
+    parser.add_argument("--limit-eval-batches", type=positive_int, metavar="N",
+                        help="evaluate at most this many batches per split (default: all)")
+    parser.add_argument("--aux-sweep", metavar="SIZES", type=name,
                         help="also run every AO-SDTP preset with these auxiliary output sizes, e.g. 0,128,512,1024 "
-                             "(Figure 4)")
+                             "(Figure 4) (default: no sweep)")
     parser.add_argument("--no-verify", dest="verify", action="store_false", default=None,
                         help="do not compare the published checksums before training (your own modified copy)")
-    parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")
-    parser.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
-    parser.add_argument("--report-out", help="also write the report (with compact run JSON) to this folder")
+    parser.add_argument("--device", type=name, help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                        help="runs trained at the same time (processes) (default: 1)")
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch threads per run (default: CPU cores / jobs)")
+    parser.add_argument("--report-out", type=path, metavar="FOLDER",
+                        help="also write the report (with compact run JSON) to this folder")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars and no per-epoch lines")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars and no per-epoch lines (there are no bars anyway when stderr is "
+                             "not a terminal)")
     parser.set_defaults(func=run)
 
 
@@ -64,6 +77,11 @@ def canonical_command(args) -> list[str]:
 
 
 def run(args) -> int:
+    check_output_folder(args.out, "--out")
+    if args.report_out is not None:
+        check_output_folder(args.report_out, "--report-out")
+    if args.data_dir is not None:
+        check_data_folder(args.data_dir, "--data-dir")
     presets = select_presets(args.targets)
     specs = plan_runs(presets, seeds=args.seeds, epochs=EpochBudget.parse(args.epochs),
                       aux_sweep=parse_int_list(args.aux_sweep, "--aux-sweep"), data_dir=args.data_dir,
@@ -79,7 +97,7 @@ def run(args) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
     if main_process:
         record_command(args.out, canonical_command(args))
-    outcome = reproduce(specs, args.out, jobs=args.jobs, progress=not args.no_progress,
+    outcome = reproduce(specs, args.out, jobs=args.jobs, progress=not args.no_progress and sys.stderr.isatty(),
                         echo_epochs=not args.no_progress, threads=args.threads)
     if not main_process:
         return 0

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
-from bioprop.data import DataConfig
+from bioprop.checks import check_output_folder
+from bioprop.cli.args import any_int, finite_float, name, path, seed_int
+from bioprop.data import DATASETS, DataConfig
+from bioprop.data.sources import check_data_folder
 from bioprop.errors import BiopropError
+from bioprop.models import MODELS
 from bioprop.rules import RULES
 from bioprop.training import AdamConfig, TrainConfig, train
+from bioprop.training.config import OPTIMIZER_IMPLS, PRECISIONS
 
 ADAM_FLAGS = {"lr": "learning rate", "beta1": "Adam beta1", "beta2": "Adam beta2", "eps": "Adam epsilon"}
 
@@ -17,65 +23,113 @@ ADAM_FLAGS = {"lr": "learning rate", "beta1": "Adam beta1", "beta2": "Adam beta2
 def rule_option_fields() -> dict[str, dataclasses.Field]:
     """Every option of every registered rule, by name: each becomes a ``--flag`` automatically."""
     fields: dict[str, dataclasses.Field] = {}
-    for name in RULES.names():
-        for option in dataclasses.fields(RULES.get(name).Options):
+    for rule in RULES.names():
+        for option in dataclasses.fields(RULES.get(rule).Options):
             fields.setdefault(option.name, option)
     return fields
 
 
+def add_rule_options(parser: argparse.ArgumentParser, title: str) -> None:
+    """One flag per rule option (``--noise``, ``--alpha``, ...), typed like the option's default."""
+    options = parser.add_argument_group(title)
+    for option_name, option in rule_option_fields().items():
+        kind = type(option.default) if option.default is not None else str
+        kind = {float: finite_float, int: any_int}.get(kind, name)
+        rules = [rule for rule in RULES.names()
+                 if option_name in {f.name for f in dataclasses.fields(RULES.get(rule).Options)}]
+        options.add_argument(f"--{option_name.replace('_', '-')}", dest=f"rule_{option_name}", type=kind,
+                             choices=option.metadata.get("choices"), metavar=None if option.metadata.get("choices")
+                             else option_name.upper(),
+                             help=(option.metadata.get("help") or f"option of {', '.join(rules)}")
+                             + (f" (default: {option.default})" if option.default is not None else ""))
+
+
+def _default(field: str, kind=TrainConfig):
+    return {f.name: f.default for f in dataclasses.fields(kind)}[field]
+
+
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train one network with one learning rule",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", help="start from this preset (a cell of the paper's tables, see "
+    data_default = lambda field: _default(field, DataConfig)  # noqa: E731
+    adam_default = lambda field: _default(field, AdamConfig)  # noqa: E731
+    parser = subparsers.add_parser(
+        "train", help="train one network with one learning rule",
+        description="Train one network with one learning rule, from flags or from a preset plus flags. "
+                    "Defaults marked 'or the preset's' come from --preset when one is given.")
+    parser.add_argument("--preset", type=name, help="start from this preset (a cell of the paper's tables, see "
                         "`bioprop presets`); every other flag overrides it")
-    parser.add_argument("--data", help="dataset name (see `bioprop data --help`)")
-    parser.add_argument("--data-dir", help="folder laid out like shared/data (default: $BIOPROP_DATA, then the cache)")
-    parser.add_argument("--val-size", type=int, help="training examples held out for validation (default 10000)")
-    parser.add_argument("--normalization", choices=["standard", "dataset", "none"])
+    parser.add_argument("--data", type=name, help=f"dataset: {', '.join(DATASETS.names())} "
+                        "(required without --preset)")
+    parser.add_argument("--data-dir", type=path, metavar="FOLDER",
+                        help="folder with one sub-folder per dataset (FOLDER/mnist/, "
+                        "FOLDER/cifar10/, ...) (default: $BIOPROP_DATA, else the cache, ~/.cache/bioprop)")
+    parser.add_argument("--val-size", type=any_int, metavar="N",
+                        help=f"training examples held out for validation, 0 for none "
+                             f"(default: {data_default('val_size')}, or the preset's)")
+    parser.add_argument("--normalization", choices=["standard", "dataset", "none"],
+                        help="input normalisation: per-channel mean/std of the training split, the published "
+                             f"constants, or pixels/255 (default: {data_default('normalization')})")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="random crop + flip on the training set (default: on for CIFAR-10 only)")
-    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes for the imagenet folder loader "
-                        "(default: 0, decode in the training process)")
+                        help="random crop + flip on the training set (default: on for cifar10 and imagenet*, "
+                             "off for mnist and fashion-mnist)")
+    parser.add_argument("--num-workers", type=any_int, metavar="N",
+                        help="imagenet: processes that decode images "
+                             f"(default: {data_default('num_workers')}, decode in the training process)")
     parser.add_argument("--decoder", choices=["pillow", "simplejpeg", "turbojpeg", "auto"],
                         help="imagenet JPEG decoder; simplejpeg/turbojpeg need `pip install bioprop[fast-jpeg]` "
-                             "(default: pillow)")
+                             f"(default: {data_default('decoder')})")
     parser.add_argument("--jpeg-draft", choices=["off", "train", "all"],
                         help="imagenet: decode JPEGs at reduced size where the crop allows (faster, slightly "
-                             "different pixels) (default: off)")
+                             f"different pixels) (default: {data_default('jpeg_draft')})")
     parser.add_argument("--no-verify", dest="verify", action="store_false", default=None,
                         help="do not compare the published checksums before training (for your own modified "
                              "copy of a dataset; recorded in config.json)")
-    parser.add_argument("--model", help="network name (see `bioprop models`)")
-    parser.add_argument("--rule", help="learning rule (see `bioprop rules`)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--eval-batch-size", type=int)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--model", type=name, help=f"network: {', '.join(MODELS.names())}; see `bioprop models` "
+                        "(required without --preset)")
+    parser.add_argument("--rule", type=name,
+                        help=f"learning rule: {', '.join(RULES.names())}, see `bioprop rules` "
+                             f"(default: {_default('rule')}, or the preset's)")
+    parser.add_argument("--epochs", type=any_int, metavar="N",
+                        help=f"training epochs (default: {_default('epochs')}, or the preset's)")
+    parser.add_argument("--batch-size", type=any_int, metavar="N",
+                        help=f"training batch size, over all processes (default: {_default('batch_size')}, "
+                             "or the preset's)")
+    parser.add_argument("--eval-batch-size", type=any_int, metavar="N",
+                        help=f"batch size for evaluation (default: {_default('eval_batch_size')})")
+    parser.add_argument("--seed", type=seed_int, metavar="S",
+                        help=f"random seed of initialisation, data order, noise and the validation split "
+                             f"(default: {_default('seed')})")
     for flag, meaning in ADAM_FLAGS.items():
-        parser.add_argument(f"--{flag}", type=float, help=f"forward-weights {meaning}")
-        parser.add_argument(f"--inverse-{flag}", type=float, help=f"inverse/feedback-weights {meaning}")
-    options = parser.add_argument_group("learning-rule options (each rule accepts its own)")
-    for name, option in rule_option_fields().items():
-        kind = type(option.default) if option.default is not None else str
-        options.add_argument(f"--{name.replace('_', '-')}", dest=f"rule_{name}", type=kind,
-                             choices=option.metadata.get("choices"), help=option.metadata.get("help"))
-    parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"],
+        parser.add_argument(f"--{flag}", type=finite_float, metavar="X",
+                            help=f"forward-weights {meaning} (default: {adam_default(flag):g}, or the preset's)")
+        parser.add_argument(f"--inverse-{flag}", type=finite_float, metavar="X",
+                            help=f"inverse/feedback-weights {meaning} (target propagation) "
+                                 f"(default: {adam_default(flag):g}, or the preset's)")
+    add_rule_options(parser, "learning-rule options (each rule accepts its own; see `bioprop rules`)")
+    parser.add_argument("--device", type=name, help="auto (CUDA when present), cpu, cuda, cuda:N "
+                        f"(default: {_default('device')})")
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="fp32; tf32 (TensorFloat-32 matmuls on CUDA); bf16 (autocast, fp32 master weights) "
-                             "(default: fp32)")
-    parser.add_argument("--optimizer-impl", choices=["auto", "fused", "foreach", "plain"],
-                        help="Adam kernel; auto = fused where the device supports it (default: auto)")
-    parser.add_argument("--limit-batches", type=int, help="train on at most this many batches per pass")
-    parser.add_argument("--limit-eval-batches", type=int, help="evaluate at most this many batches per split")
-    parser.add_argument("--train-eval-size", type=int,
+                             f"(default: {_default('precision')})")
+    parser.add_argument("--optimizer-impl", choices=OPTIMIZER_IMPLS,
+                        help="Adam kernel; auto = fused where the device supports it "
+                             f"(default: {_default('optimizer_impl')})")
+    parser.add_argument("--limit-batches", type=any_int, metavar="N",
+                        help="train on at most this many batches per pass (default: all)")
+    parser.add_argument("--limit-eval-batches", type=any_int, metavar="N",
+                        help="evaluate at most this many batches per split (default: all)")
+    parser.add_argument("--train-eval-size", type=any_int, metavar="N",
                         help="evaluate the train error on a fixed random subset of this many training examples "
                              "(default: the whole training split)")
-    parser.add_argument("--checkpoint-every",
+    parser.add_argument("--checkpoint-every", type=name, metavar="N|Nmin",
                         help="also checkpoint within a pass: every N steps (e.g. 500) or minutes (e.g. 30min); "
-                             "a checkpoint is always written at the end of every pass")
-    parser.add_argument("--out", help="run folder for config.json, metrics.jsonl, results.json, checkpoint.pt")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                             "a checkpoint is always written at the end of every pass (default: only then)")
+    parser.add_argument("--out", type=path, metavar="FOLDER",
+                        help="run folder for config.json, metrics.jsonl, results.json, checkpoint.pt "
+                             "(default: write nothing)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint (start it when there is none)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none anyway when stderr is not a terminal)")
     parser.set_defaults(func=run)
 
 
@@ -98,10 +152,10 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
     for group, prefix in (("forward", ""), ("inverse", "inverse_")):
         given = {flag: getattr(args, prefix + flag) for flag in ADAM_FLAGS if getattr(args, prefix + flag) is not None}
         config.optimizers[group] = dataclasses.replace(config.optimizers.get(group, AdamConfig()), **given)
-    for name in rule_option_fields():
-        value = getattr(args, f"rule_{name}")
+    for option in rule_option_fields():
+        value = getattr(args, f"rule_{option}")
         if value is not None:
-            config.rule_options[name] = value
+            config.rule_options[option] = value
     return config
 
 
@@ -116,21 +170,43 @@ def saved_config(out: Path) -> TrainConfig | None:
         values = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise BiopropError(f"{path} cannot be read ({error}); expected the config.json bioprop wrote") from None
+    if not isinstance(values, dict):
+        raise BiopropError(f"{path} is not a bioprop config.json (expected a JSON object)")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
 
 
-def run(args) -> int:
+def prepare(args) -> tuple[TrainConfig, Path | None]:
+    """The checked config and run folder of a parsed ``bioprop train`` command line.
+
+    Everything that can be checked without reading data is checked here, before any work:
+    folders (--out, --data-dir), names (preset, dataset, model, rule, rule options) and values
+    (:meth:`TrainConfig.validate`). A :class:`BiopropError` names what is wrong."""
+    out = check_output_folder(args.out, "--out") if args.out is not None else None
+    if args.resume and out is None:
+        raise BiopropError("--resume needs --out, the run folder to continue")
+    if args.data_dir is not None:
+        check_data_folder(args.data_dir, "--data-dir")
     base = None
     if args.preset:
         from bioprop.presets import get_preset
 
         base = get_preset(args.preset).config()
-    elif args.resume and args.out:
-        base = saved_config(Path(args.out))  # flags given again must agree with it (checked on resume)
+    elif args.resume:
+        base = saved_config(out)  # flags given again must agree with it (checked on resume)
     config = config_from_args(args, base)
-    out = Path(args.out) if args.out else None
-    result = train(config, out=out, resume=args.resume, progress=not args.no_progress)
+    config.validate()
+    return config, out
+
+
+def show_progress(args) -> bool:
+    """Progress bars only on a terminal: in a log file they are noise (the epoch lines remain)."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def run(args) -> int:
+    config, out = prepare(args)
+    result = train(config, out=out, resume=args.resume, progress=show_progress(args))
     summary = result["summary"]
     print(f"final test error {summary['final_test_error']:.2f}%  best test error {summary['best_test_error']:.2f}%"
           + (f"  test error at best val {summary['test_error_at_best_val']:.2f}%"

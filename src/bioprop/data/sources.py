@@ -58,18 +58,32 @@ def data_roots(data_dir: str | os.PathLike | None) -> list[tuple[str, Path]]:
     """
     roots: list[tuple[str, Path]] = []
     if data_dir is not None:
-        label, path = "data_dir", Path(data_dir).expanduser()
+        label, path = "data_dir", data_dir
     elif os.environ.get(ENV_DATA):
-        label, path = f"${ENV_DATA}", Path(os.environ[ENV_DATA]).expanduser()
+        label, path = f"${ENV_DATA}", os.environ[ENV_DATA]
     else:
         label = path = None
     if path is not None:
-        if not path.is_dir():
-            raise BiopropError(f"{label} {str(path)!r} is not a folder; expected a folder laid "
-                               "out like <root>/mnist/, <root>/cifar10/, <root>/imagenet/ ...")
-        roots.append((label, path))
+        roots.append((label, check_data_folder(path, label)))
     roots.append(("cache", cache_dir()))
     return roots
+
+
+def check_data_folder(path: str | os.PathLike, label: str = "data_dir") -> Path:
+    """``path`` as a Path when it is a folder this user can read, else a BiopropError saying what
+    is wrong with it (missing, a file, unreadable) and what a data folder looks like."""
+    layout = "expected a folder laid out like <root>/mnist/, <root>/cifar10/, <root>/imagenet/ ..."
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise BiopropError(f"{label} {text!r} is not a path; {layout}")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise BiopropError(f"{label} {str(path)!r} is not a folder (it does not exist); {layout}")
+    if not path.is_dir():
+        raise BiopropError(f"{label} {str(path)!r} is not a folder (it is a file); {layout}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BiopropError(f"{label} {str(path)!r} cannot be read (permission denied); {layout}")
+    return path
 
 
 def is_gzip(path: Path) -> bool:

@@ -7,6 +7,7 @@ val) set. Normalisation constants are fixed here, once, and recorded in ``bundle
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -15,9 +16,11 @@ from bioprop.data.batching import FLIPS, Split, TensorSplit, make_generator
 from bioprop.data import catalog
 from bioprop.data.imagenet import FolderSplit
 from bioprop.data.info import DatasetInfo, FolderData
+from bioprop.checks import check_path_text
 from bioprop.errors import BiopropError
 
 NORMALIZATIONS = ("standard", "none", "dataset")
+MAX_CROP_PADDING = 64  # zero padding of the random crop, in pixels
 
 
 @dataclass
@@ -39,10 +42,15 @@ class DataConfig:
     verify: bool = True  # compare the published checksums before loading (False: a user's own modified copy)
 
     def validate(self) -> None:
-        if self.normalization not in NORMALIZATIONS:
+        catalog.DATASETS.get(self.name)
+        if self.data_dir is not None and not isinstance(self.data_dir, (str, os.PathLike)):
+            raise BiopropError(f"data.data_dir={self.data_dir!r}; expected a folder path or null")
+        if self.data_dir is not None:
+            check_path_text(self.data_dir, "data.data_dir")
+        if not isinstance(self.normalization, str) or self.normalization not in NORMALIZATIONS:
             raise BiopropError(f"data.normalization={self.normalization!r}; expected one of "
                                f"{', '.join(NORMALIZATIONS)}")
-        if self.flip not in FLIPS:
+        if not isinstance(self.flip, str) or self.flip not in FLIPS:
             raise BiopropError(f"data.flip={self.flip!r}; expected one of {', '.join(FLIPS)}")
         for field in ("val_size", "crop_padding", "num_workers"):
             value = getattr(self, field)
@@ -50,13 +58,16 @@ class DataConfig:
                 raise BiopropError(f"data.{field}={value!r}; expected an integer >= 0")
         from bioprop.data.imagenet import DECODERS, DRAFT_MODES
 
-        if self.decoder not in DECODERS:
+        if self.crop_padding > MAX_CROP_PADDING:
+            raise BiopropError(f"data.crop_padding={self.crop_padding!r}; expected an integer in "
+                               f"0..{MAX_CROP_PADDING}")
+        if not isinstance(self.decoder, str) or self.decoder not in DECODERS:
             raise BiopropError(f"data.decoder={self.decoder!r}; expected one of {', '.join(DECODERS)}")
-        if self.jpeg_draft not in DRAFT_MODES:
+        if not isinstance(self.jpeg_draft, str) or self.jpeg_draft not in DRAFT_MODES:
             raise BiopropError(f"data.jpeg_draft={self.jpeg_draft!r}; expected one of {', '.join(DRAFT_MODES)}")
-        if self.verify not in (True, False):
+        if not isinstance(self.verify, bool):
             raise BiopropError(f"data.verify={self.verify!r}; expected true or false")
-        if self.augment not in (None, True, False):
+        if self.augment is not None and not isinstance(self.augment, bool):
             raise BiopropError(f"data.augment={self.augment!r}; expected true, false or null")
 
 
@@ -90,11 +101,12 @@ def channel_stats(x: torch.Tensor, indices: torch.Tensor | None = None,
     return mean.tolist(), var.clamp_min(0).sqrt().tolist()
 
 
-def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(n: int, val_size: int, seed: int, dataset: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) indices: a seeded random subset of ``val_size`` for val, both sorted."""
     if val_size >= n:
-        raise BiopropError(f"data.val_size={val_size} but the training set has only {n} examples; "
-                           f"expected 0 <= val_size < {n}")
+        of = f" of dataset {dataset!r}" if dataset else ""
+        raise BiopropError(f"data.val_size={val_size} (--val-size) but the training set{of} has only {n} "
+                           f"examples; expected 0 <= val_size < {n}")
     perm = torch.randperm(n, generator=make_generator(seed, "validation-split"))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
@@ -116,7 +128,7 @@ def load_data(config: DataConfig, seed: int = 0, *, verify: bool | None = None) 
     data = source.load(path)
     augment = info.augment_default if config.augment is None else config.augment
     n = len(data.train) if isinstance(data, FolderData) else len(data.x_train)
-    train_idx, val_idx = split_indices(n, config.val_size, seed)
+    train_idx, val_idx = split_indices(n, config.val_size, seed, config.name)
 
     if config.normalization == "none":
         mean, std = [0.0] * info.input_shape[0], [1.0] * info.input_shape[0]

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import math
 import re
 import sys
@@ -182,18 +181,14 @@ def plan(model: str, rule: str, batch_size: int, precision: str = "fp32", data: 
 
 def check_name(registry: Registry, name: str) -> None:
     """Raises a BiopropError naming the closest registered names when ``name`` is not one."""
-    if name in registry:
-        return
-    close = difflib.get_close_matches(name, registry.names(), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise BiopropError(f"unknown {registry.kind} {name!r}{hint} (expected one of: {', '.join(registry.names())})")
+    registry.get(name)
 
 
 def parse_memory(text: str) -> int:
     """``"80GB"`` -> 80e9 bytes; decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB) units."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]+)\s*", str(text))
     unit = match and MEMORY_UNITS.get(match.group(2).lower())
-    if not unit or float(match.group(1)) <= 0:
+    if not unit or not 0 < float(match.group(1)) * unit < float("inf"):
         raise BiopropError(f"memory must be a positive size with a unit, such as 80GB, 40GiB or 512MB; "
                            f"got {text!r}")
     return int(float(match.group(1)) * unit)

@@ -21,13 +21,14 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Callable
 
+from bioprop.checks import suggest
 from bioprop.errors import BiopropError
 from bioprop.presets import paper
 from bioprop.presets.paper import DECISIONS, Cell, Decision, PaperNumbers
 from bioprop.registry import Registry
 from bioprop.training import TrainConfig
 
-PRESETS: Registry = Registry("preset")
+PRESETS: Registry = Registry("preset", listing="the names are listed by `bioprop presets`")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ def list_presets(pattern: str | None = None) -> list[Preset]:
     return sorted(presets, key=sort_key)
 
 
+def group_names() -> list[str]:
+    """Every group name a preset belongs to (``mnist``, ``mnist-fc``, ``cifar-lc``, ...)."""
+    return sorted({group for name in PRESETS.names() for group in PRESETS.get(name).groups()})
+
+
 def sort_key(preset: Preset) -> tuple:
     datasets = list(paper.PRESET_PREFIX)
     methods = list(paper.METHODS)
@@ -115,7 +121,7 @@ def sort_key(preset: Preset) -> tuple:
 
 def select_presets(tokens: list[str]) -> list[Preset]:
     """Presets for a list of group names, preset names and glob patterns, in table order."""
-    if not tokens:
+    if not tokens or not all(isinstance(token, str) and token for token in tokens):
         raise BiopropError(f"name at least one preset or group ({', '.join(GROUPS)}); see `bioprop presets`")
     chosen: dict[str, Preset] = {}
     for token in tokens:
@@ -127,8 +133,8 @@ def select_presets(tokens: list[str]) -> list[Preset]:
             if not matches and any(ch in token for ch in "*?["):
                 matches = [p for p in everything if fnmatch.fnmatch(p.name, token)]
         if not matches:
-            raise BiopropError(f"unknown preset or group {token!r}; groups: {', '.join(GROUPS)}; "
-                               "presets: see `bioprop presets`")
+            raise BiopropError(f"unknown preset or group {token!r}{suggest(token, group_names() + PRESETS.names())} "
+                               f"(groups: {', '.join(GROUPS)}; presets: see `bioprop presets`)")
         for preset in matches:
             chosen.setdefault(preset.name, preset)
     return sorted(chosen.values(), key=sort_key)

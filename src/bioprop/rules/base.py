@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bioprop.checks import check_bool, check_choice, check_int, check_number, suggest
 from bioprop.errors import BiopropError
 from bioprop.models import Network
 from bioprop.registry import Registry
@@ -79,6 +80,34 @@ class LearningRule(nn.Module):
         self.model = model
         self.options = options if options is not None else self.Options()
         self.seed = seed
+        self.validate_options()
+
+    # -- options -------------------------------------------------------------------------
+    @classmethod
+    def check_options(cls, options) -> None:
+        """Raises :class:`BiopropError` naming the option when one has the wrong type or an
+        out-of-range value. The base checks each field's type (that of its default: a float
+        option takes any finite number, an int option an integer, a str option one of its
+        ``choices``); rules add their ranges by extending this classmethod."""
+        for option in dataclasses.fields(cls.Options):
+            value = getattr(options, option.name)
+            kind = type(option.default) if option.default is not None else str
+            optional = option.default is None
+            if optional and value is None:
+                continue
+            if option.metadata.get("choices") is not None:
+                check_choice(value, option.name, option.metadata["choices"], optional=optional)
+            elif kind is float:
+                check_number(value, option.name)
+            elif kind is int:
+                check_int(value, option.name)
+            elif kind is bool:
+                check_bool(value, option.name)
+            elif not isinstance(value, kind):
+                raise BiopropError(f"{option.name} must be a {kind.__name__}, got {value!r}")
+
+    def validate_options(self) -> None:
+        type(self).check_options(self.options)
 
     # -- the interface the training loop uses ------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,15 +145,29 @@ class LearningRule(nn.Module):
         return torch.Generator().manual_seed(self.seed * 1_000_003 + digest * 1_009 + index)
 
 
+def rule_options(name: str, **options) -> "LearningRule.Options":
+    """The checked ``Options`` of the registered rule ``name``: an unknown rule or option name, a
+    wrong type or an out-of-range value is a :class:`BiopropError` naming it (and suggesting the
+    closest names), without building any network."""
+    rule_class = RULES.get(name)
+    known = sorted(f.name for f in dataclasses.fields(rule_class.Options))
+    unknown = sorted(set(options) - set(known), key=str)
+    if unknown:
+        accepted = ", ".join(known) or "none"
+        hint = suggest(unknown[0], known) if len(unknown) == 1 else ""
+        raise BiopropError(f"rule {name!r} has no option {', '.join(map(repr, unknown))}{hint} "
+                           f"(its options: {accepted})")
+    values = rule_class.Options(**options)
+    try:
+        rule_class.check_options(values)
+    except BiopropError as error:
+        raise BiopropError(f"rule {name!r}: {error}") from None
+    return values
+
+
 def create_rule(name: str, model: Network, seed: int = 0, **options) -> LearningRule:
     """Wraps ``model`` in the registered rule ``name``; ``options`` are the rule's ``Options`` fields."""
-    rule_class = RULES.get(name)
-    known = {f.name for f in dataclasses.fields(rule_class.Options)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        accepted = ", ".join(sorted(known)) or "none"
-        raise BiopropError(f"rule {name!r} has no option {', '.join(map(repr, unknown))}; its options: {accepted}")
-    return rule_class(model, rule_class.Options(**options), seed=seed)
+    return RULES.get(name)(model, rule_options(name, **options), seed=seed)
 
 
 def list_rules() -> list[str]:

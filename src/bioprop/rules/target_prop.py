@@ -30,17 +30,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bioprop.errors import BiopropError
+from bioprop.checks import check_int, check_number
 from bioprop.rules.base import register_rule
 from bioprop.rules.inverses import fast_tanh
 from bioprop.rules.tp_base import TargetPropagationRule, TPOptions
 
 TARGET_REDUCTIONS = ("sum", "mean")
+MAX_AUX_UNITS = 65536  # a fixed aux_units x units random matrix is allocated; the paper sweeps 0..1024
 
 
 @register_rule("sdtp")
 class SimplifiedDTP(TargetPropagationRule):
-    """SDTP: the base class's defaults (output target = labels, learned output inverse)."""
+    """SDTP: simplified DTP, the penultimate target h - g(p) + g(y*) from a learned inverse g of the output layer."""
 
     Options = TPOptions
 
@@ -66,23 +67,19 @@ class DifferenceTargetProp(TargetPropagationRule):
     @dataclass
     class Options(TPOptions):
         alpha: float = field(default=0.15, metadata={
-            "help": "dtp: step size of the penultimate target h_{L-1} - alpha dL/dh_{L-1}; rule default: 0.15"})
+            "help": "dtp: step size of the penultimate target h_{L-1} - alpha dL/dh_{L-1}"})
         target_reduction: str = field(default="sum", metadata={
             "help": "dtp: batch reduction of the cross-entropy L in the penultimate target: 'sum' "
-                    "(per-example gradient) or 'mean' (1/batch of it, as Lee et al.'s code); rule default: sum",
+                    "(per-example gradient) or 'mean' (1/batch of it, as Lee et al.'s code)",
             "choices": list(TARGET_REDUCTIONS)})
 
     default_inverse_loss = "noise-preserving"
     has_output_inverse = False
 
-    def validate_options(self):
-        super().validate_options()
-        o = self.options
-        if not isinstance(o.alpha, (int, float)) or not math.isfinite(o.alpha) or o.alpha <= 0:
-            raise BiopropError(f"alpha must be a finite number > 0, got {o.alpha!r}")
-        if o.target_reduction not in TARGET_REDUCTIONS:
-            raise BiopropError(f"target_reduction must be one of {', '.join(TARGET_REDUCTIONS)}, "
-                               f"got {o.target_reduction!r}")
+    @classmethod
+    def check_options(cls, o):
+        check_number(o.alpha, "alpha", minimum=0, low_open=True)
+        super().check_options(o)  # also target_reduction, from its choices
 
     def penultimate_target(self, h, y):
         logits, below = h[-1], h[-2]
@@ -100,8 +97,7 @@ class AuxiliaryOutputSDTP(TargetPropagationRule):
     @dataclass
     class Options(TPOptions):
         aux_units: int = field(default=512, metadata={
-            "help": "ao-sdtp: number of auxiliary output units z (fixed random tanh features of h_{L-1}); "
-                    "rule default: 512"})
+            "help": "ao-sdtp: number of auxiliary output units z (fixed random tanh features of h_{L-1})"})
 
     def __init__(self, model, options=None, seed=0):
         super().__init__(model, options, seed)
@@ -112,11 +108,10 @@ class AuxiliaryOutputSDTP(TargetPropagationRule):
                             dtype=weight.dtype)
         self.register_buffer("aux_weight", ((2 * sample - 1) * bound).to(weight.device))
 
-    def validate_options(self):
-        super().validate_options()
-        units = self.options.aux_units
-        if not isinstance(units, int) or units < 1:
-            raise BiopropError(f"aux_units must be an integer >= 1, got {units!r}")
+    @classmethod
+    def check_options(cls, o):
+        check_int(o.aux_units, "aux_units", minimum=1, maximum=MAX_AUX_UNITS)
+        super().check_options(o)
 
     def output_feature_count(self):
         return self.model.num_classes + self.options.aux_units

@@ -41,7 +41,6 @@ output of block l).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -49,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bioprop.checks import check_int, check_number
 from bioprop.errors import BiopropError
 from bioprop.rules.base import LearningRule, StepResult, task_loss
 from bioprop.rules.inverses import OutputInverse, build_inverse, fast_tanh
@@ -63,19 +63,18 @@ class TPOptions:
 
     schedule: str = field(default="parallel", metadata={
         "help": "target propagation: 'parallel' (forward and inverse losses every mini-batch) or "
-                "'alternating' (each epoch: a full pass training the inverses, then one training the forward weights); "
-                "rule default: parallel",
+                "'alternating' (each epoch: a full pass training the inverses, then one training the forward weights)",
         "choices": list(SCHEDULES)})
     noise: float = field(default=0.2, metadata={
         "help": "target propagation: standard deviation sigma of the Gaussian noise added to h_{l-1} "
-                "when training the inverses; rule default: 0.2"})
+                "when training the inverses"})
     inverse_loss: str | None = field(default=None, metadata={
         "help": "target propagation: inverse training loss, 'noise-preserving' ||h~ - g(f(h~))||^2 or "
                 "'denoising' ||h - g(f(h~))||^2 (default: noise-preserving for dtp, denoising for the others)",
         "choices": list(INVERSE_LOSSES)})
     diagnostics_every: int = field(default=20, metadata={
         "help": "target propagation: compute reconstruction errors and target/backprop angles every N "
-                "training batches (0: never); rule default: 20"})
+                "training batches (0: never)"})
 
 
 @dataclass
@@ -147,8 +146,7 @@ class TargetPropagationRule(LearningRule):
     has_output_inverse: ClassVar[bool] = True
 
     def __init__(self, model, options=None, seed=0):
-        super().__init__(model, options, seed)
-        self.validate_options()
+        super().__init__(model, options, seed)  # checks the options
         blocks = model.blocks
         if len(blocks) < 2:
             raise BiopropError(f"rule {self.name!r} needs a network with at least one hidden layer")
@@ -164,17 +162,11 @@ class TargetPropagationRule(LearningRule):
         self.batches_seen = 0
 
     # -- options -----------------------------------------------------------------------
-    def validate_options(self) -> None:
-        o = self.options
-        if o.schedule not in SCHEDULES:
-            raise BiopropError(f"schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
-        if not isinstance(o.noise, (int, float)) or not math.isfinite(o.noise) or o.noise < 0:
-            raise BiopropError(f"noise must be a finite number >= 0, got {o.noise!r}")
-        if o.inverse_loss is not None and o.inverse_loss not in INVERSE_LOSSES:
-            raise BiopropError(f"inverse_loss must be one of {', '.join(INVERSE_LOSSES)} (or unset for "
-                               f"the rule's default), got {o.inverse_loss!r}")
-        if not isinstance(o.diagnostics_every, int) or o.diagnostics_every < 0:
-            raise BiopropError(f"diagnostics_every must be an integer >= 0, got {o.diagnostics_every!r}")
+    @classmethod
+    def check_options(cls, o) -> None:
+        check_number(o.noise, "noise", minimum=0)
+        check_int(o.diagnostics_every, "diagnostics_every", minimum=0)
+        super().check_options(o)  # the other types and the choices
 
     @property
     def inverse_loss_kind(self) -> str:

@@ -1,10 +1,17 @@
-"""Atomic file writes: a crash mid-write never leaves a truncated checkpoint or results file."""
+"""Atomic file writes: a crash mid-write never leaves a truncated checkpoint or results file.
+
+Each file is written to a temporary file in the same folder and then moved into place. The
+temporary file is created private (``tempfile.mkstemp`` makes it 0600); before the move it gets
+the mode any file the user writes gets, ``0o666 & ~umask``, so run folders stay readable by the
+user's group (or everyone) exactly as their umask says.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +28,39 @@ def _atomic_write(path: Path, write) -> None:
         raise BiopropError(f"could not write {path}: {error.strerror or error}") from None
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux
+    ``/proc/self/status``); elsewhere set and restored at once, under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
 def _write_replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
+            if hasattr(os, "fchmod"):
+                os.fchmod(stream.fileno(), new_file_mode())
+            else:  # Windows: only the read-only bit means anything
+                os.chmod(temporary, new_file_mode())
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())

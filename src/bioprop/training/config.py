@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bioprop.checks import MAX_SEED, check_choice, check_int, is_finite_number, shown, suggest
 from bioprop.data import DataConfig
 from bioprop.errors import BiopropError
 
@@ -26,37 +28,38 @@ class AdamConfig:
 
     def validate(self, group: str) -> None:
         for name, value in asdict(self).items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise BiopropError(f"{group} optimiser: {name} must be a finite number, got {value!r}")
+            if not is_finite_number(value):
+                raise BiopropError(f"{group} optimiser: {name} must be a finite number, got {shown(value)}")
         if self.lr <= 0:
-            raise BiopropError(f"{group} optimiser: learning rate must be > 0, got {self.lr}")
+            raise BiopropError(f"{group} optimiser: learning rate must be > 0, got {shown(self.lr)}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise BiopropError(f"{group} optimiser: {name} must be in [0, 1), got {getattr(self, name)}")
+                raise BiopropError(f"{group} optimiser: {name} must be in [0, 1), got {shown(getattr(self, name))}")
         if self.eps <= 0:
-            raise BiopropError(f"{group} optimiser: eps must be > 0, got {self.eps}")
+            raise BiopropError(f"{group} optimiser: eps must be > 0, got {shown(self.eps)}")
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "plain")
+DEVICE_PATTERN = r"auto|cpu|(cuda|mps|xpu)(:[0-9]{1,4})?"
 
 
 def parse_checkpoint_every(value: str | None) -> tuple[str, float] | None:
     """``"500"`` -> ("steps", 500); ``"30min"`` -> ("minutes", 30.0); None -> None."""
     if value is None:
         return None
-    text = str(value).strip().lower()
+    text = str(value).strip().lower() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     try:
         if text.endswith("min"):
             minutes = float(text[:-3])
             if math.isfinite(minutes) and minutes > 0:
                 return "minutes", minutes
-        elif int(text) >= 1:
+        elif text.isdigit() and int(text) >= 1:
             return "steps", int(text)
     except ValueError:
         pass
     raise BiopropError(f"checkpoint_every must be a number of steps (e.g. 500) or minutes (e.g. 30min), "
-                       f"got {value!r}")
+                       f"got {shown(value)}")
 
 
 def _default_optimizers() -> dict[str, AdamConfig]:
@@ -83,24 +86,37 @@ class TrainConfig:
     checkpoint_every: str | None = None    # also checkpoint within a pass: "N" steps or "Nmin" minutes
 
     def validate(self) -> None:
+        """Raises :class:`BiopropError` naming the first field that is wrong: a type, a range, an
+        unknown dataset, model, rule or rule option. Cheap: no data is read, no network built."""
+        from bioprop.models import MODELS
+        from bioprop.rules import rule_options
+
+        if not isinstance(self.data, DataConfig):
+            raise BiopropError(f"data must be a data config (with at least a dataset name), got {shown(self.data)}")
+        self.data.validate()
+        MODELS.get(self.model)
+        if not isinstance(self.rule_options, dict):
+            raise BiopropError(f"rule_options must be a mapping of option names to values, "
+                               f"got {shown(self.rule_options)}")
+        rule_options(self.rule, **self.rule_options)
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise BiopropError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("limit_batches", "limit_eval_batches"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise BiopropError(f"{name} must be a positive integer or unset, got {value!r}")
-        if self.train_eval_size is not None and (not isinstance(self.train_eval_size, int)
-                                                 or self.train_eval_size < 1):
-            raise BiopropError(f"train_eval_size must be a positive integer or unset, got {self.train_eval_size!r}")
-        if self.precision not in PRECISIONS:
-            raise BiopropError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.optimizer_impl not in OPTIMIZER_IMPLS:
-            raise BiopropError(f"optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, "
-                               f"got {self.optimizer_impl!r}")
+            check_int(getattr(self, name), name, minimum=1)
+        check_int(self.seed, "seed", minimum=0, maximum=MAX_SEED)
+        for name in ("limit_batches", "limit_eval_batches", "train_eval_size"):
+            check_int(getattr(self, name), name, minimum=1, optional=True)
+        if not isinstance(self.device, str) or not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise BiopropError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (also 'mps', 'xpu[:N]'), "
+                               f"got {shown(self.device)}")
+        check_choice(self.precision, "precision", PRECISIONS)
+        check_choice(self.optimizer_impl, "optimizer_impl", OPTIMIZER_IMPLS)
         parse_checkpoint_every(self.checkpoint_every)
+        if not isinstance(self.optimizers, dict):
+            raise BiopropError(f"optimizers must be a mapping of group names to Adam settings, "
+                               f"got {shown(self.optimizers)}")
         for group, adam in self.optimizers.items():
+            if not isinstance(group, str) or not isinstance(adam, AdamConfig):
+                raise BiopropError(f"optimizers: {shown(group)} must name a parameter group and hold Adam settings "
+                                   f"(lr, beta1, beta2, eps), got {shown(adam)}")
             adam.validate(group)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,11 +124,39 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """The config of a ``config.json`` (:meth:`to_dict`); missing fields get their defaults.
+
+        A wrong structure (not a mapping, an unknown or missing field) is a :class:`BiopropError`
+        naming the field; the values themselves are checked by :meth:`validate`."""
+        if not isinstance(values, dict):
+            raise BiopropError(f"a training config must be a mapping of field names to values, got {shown(values)}")
         values = dict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BiopropError(f"unknown config field(s) {', '.join(unknown)}; expected: {', '.join(sorted(known))}")
-        values["data"] = DataConfig(**values["data"])
-        values["optimizers"] = {group: AdamConfig(**adam) for group, adam in values.get("optimizers", {}).items()}
+        _check_fields(values, cls, "config")
+        if "data" not in values or "model" not in values:
+            raise BiopropError("a training config needs the fields data (with the dataset name) and model")
+        data = values["data"]
+        if not isinstance(data, dict):
+            raise BiopropError(f"config field data must be a mapping (name, data_dir, val_size, ...), "
+                               f"got {shown(data)}")
+        _check_fields(data, DataConfig, "data")
+        if "name" not in data:
+            raise BiopropError("config field data needs the dataset name (data.name)")
+        values["data"] = DataConfig(**data)
+        optimizers = values.get("optimizers", {})
+        if not isinstance(optimizers, dict):
+            raise BiopropError(f"config field optimizers must be a mapping of group names to Adam settings, "
+                               f"got {shown(optimizers)}")
+        for group, adam in optimizers.items():
+            if not isinstance(adam, dict):
+                raise BiopropError(f"optimizers.{group} must be a mapping (lr, beta1, beta2, eps), got {shown(adam)}")
+            _check_fields(adam, AdamConfig, f"optimizers.{group}")
+        values["optimizers"] = {group: AdamConfig(**adam) for group, adam in optimizers.items()}
         return cls(**values)
+
+
+def _check_fields(values: dict, kind, where: str) -> None:
+    known = sorted(f.name for f in dataclasses.fields(kind))
+    unknown = sorted(map(repr, set(values) - set(known)))
+    if unknown:
+        hint = suggest(next(iter(set(values) - set(known))), known) if len(unknown) == 1 else ""
+        raise BiopropError(f"unknown {where} field(s) {', '.join(unknown)}{hint} (expected: {', '.join(known)})")
