@@ -247,22 +247,22 @@ class Search:
 
     def _train(self, config: TrainConfig, path: Path, log=lambda line: None) -> list[dict]:
         """Trains (or resumes) one run; under torchrun every process trains it, told by rank 0."""
+        self.parallel.broadcast((config.to_dict(), str(path)))
+        return self._fit(config, path, log)
+
+    def _fit(self, config: TrainConfig, path: Path, log=lambda line: None) -> list[dict]:
         from bioprop.training import Trainer
 
-        self.parallel.broadcast((config.to_dict(), str(path)))
-        trainer = Trainer(config, out=path, resume=True, progress=self.progress, data=self._data_for(config),
-                          log=log)
-        return trainer.fit()
+        progress = self.progress and self.parallel.is_main
+        return Trainer(config, out=path, resume=True, progress=progress, data=self._data_for(config), log=log).fit()
 
     def _follow(self) -> dict:
         """The loop of a torchrun process other than rank 0: train what rank 0 sends, until None."""
-        from bioprop.training import DivergenceError, Trainer
+        from bioprop.training import DivergenceError
 
         while (order := self.parallel.broadcast(None)) is not None:
-            config, path = TrainConfig.from_dict(order[0]), Path(order[1])
             try:
-                Trainer(config, out=path, resume=True, progress=False, data=self._data_for(config),
-                        log=lambda line: None).fit()
+                self._fit(TrainConfig.from_dict(order[0]), Path(order[1]))
             except DivergenceError:
                 pass  # rank 0 records it
         return {"study": self.study_name, "follower": True}

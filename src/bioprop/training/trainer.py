@@ -230,7 +230,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.config.epochs):
             passes = self.rule.passes()
             for index in range(self.start_pass, len(passes)):
-                self.pass_rows.append(self.train_pass(epoch, index, passes[index]))
+                self.pass_rows.append(self.train_pass(epoch, index, passes[index], len(passes)))
                 self.pass_state = PassState()
                 if index + 1 < len(passes):
                     self.save(epoch, next_pass=index + 1)
@@ -241,8 +241,8 @@ class Trainer:
                 self.log(format_row(row, self.config.epochs))
             self.save(epoch + 1)
 
-    def train_pass(self, epoch: int, index: int, groups: tuple[str, ...]) -> dict:
-        """One pass over the training data training ``groups``; returns its row."""
+    def train_pass(self, epoch: int, index: int, groups: tuple[str, ...], passes_per_epoch: int = 1) -> dict:
+        """Pass ``index`` of ``passes_per_epoch`` over the training data, training ``groups``; returns its row."""
         config, rule, state = self.config, self.rule, self.pass_state
         groups = tuple(group for group in groups if group in self.optimizers)
         parameters = {group: [p for g in self.optimizers[group].param_groups for p in g["params"]]
@@ -253,7 +253,7 @@ class Trainer:
         total = self.data.train.num_batches(local_batch, world_size=world)
         if config.limit_batches is not None:
             total = min(total, config.limit_batches)
-        order_epoch = epoch * len(self.rule.passes()) + index  # a fresh batch order for every pass
+        order_epoch = epoch * passes_per_epoch + index  # a fresh batch order for every pass
         batches = self.data.train.batches(local_batch, shuffle=True, seed=config.seed, epoch=order_epoch,
                                           augment=self.data.augment, device=self.device, rank=self.parallel.rank,
                                           world_size=world, start=state.step)
@@ -262,7 +262,7 @@ class Trainer:
         wrong = torch.zeros((), dtype=torch.float64, device=self.device)
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         started = last_save = time.perf_counter()
-        label = f"epoch {epoch + 1}" + (f" pass {index + 1} ({'+'.join(groups)})" if len(self.rule.passes()) > 1 else "")
+        label = f"epoch {epoch + 1}" + (f" pass {index + 1} ({'+'.join(groups)})" if passes_per_epoch > 1 else "")
         with tqdm(total=total, initial=state.step, desc=label, leave=False,
                   disable=not (self.progress and self.parallel.is_main)) as bar:
             for x, y in batches:
