@@ -34,7 +34,7 @@ import time
 import torch
 
 from bioprop.models import create_model
-from bioprop.rules import create_rule
+from bioprop.rules import RULES, create_rule
 from bioprop.training.config import AdamConfig
 from bioprop.training.trainer import make_optimizer
 
@@ -44,7 +44,7 @@ DEFAULT_BATCH = {"mnist": 100, "cifar": 128, "imagenet": 16}
 EPOCH_EXAMPLES = {"mnist": (50_000, 20_000), "cifar": (45_000, 15_000), "imagenet": (1_271_167, 60_000)}
 VARIANTS = [("bp", "parallel"), ("fa", "parallel"), ("dfa", "parallel"), ("tp", "parallel"),
             ("dtp", "parallel"), ("sdtp", "parallel"), ("ao-sdtp", "parallel"), ("dtp", "alternating")]
-TP_RULES = {"tp", "dtp", "sdtp", "ao-sdtp"}
+TP_RULES = {name for name in RULES.names() if "inverse" in RULES.get(name).groups}
 
 
 def variant_name(rule, schedule):

@@ -9,6 +9,7 @@ The Python API mirrors the command line::
     rule = bioprop.create_rule("fa", model, seed=0)       # any registered rule wraps any model
     config = bioprop.TrainConfig(data=DataConfig("mnist"), model="mnist-fc", rule="fa", epochs=20)
     result = bioprop.train(config, out="runs/fa")         # -> {"rule", "metrics", "summary"}
+    resnet = bioprop.wrap(my_resnet, rule="kp")           # a rule on any nn.Module (feedback rules, DFA)
 """
 
 from bioprop.data import DataConfig, load_data
@@ -16,8 +17,9 @@ from bioprop.errors import BiopropError
 from bioprop.models import create_model, list_models
 from bioprop.rules import create_rule, list_rules
 from bioprop.training import AdamConfig, TrainConfig, Trainer, evaluate, train
+from bioprop.wrap import wrap
 
 __version__ = "0.1.0"
 
 __all__ = ["AdamConfig", "BiopropError", "DataConfig", "TrainConfig", "Trainer", "create_model", "create_rule",
-           "evaluate", "list_models", "list_rules", "load_data", "train"]
+           "evaluate", "list_models", "list_rules", "load_data", "train", "wrap"]

@@ -75,8 +75,8 @@ TRAIN_CASES = [
     (TRAIN + ["--eps", "0"], "forward optimiser: eps must be > 0, got 0.0"),
     (TRAIN + ["--rule", "dtp", "--noise", "-0.1"], "rule 'dtp': noise must be a finite number >= 0, got -0.1"),
     (TRAIN + ["--rule", "dtp", "--alpha", "0"], "rule 'dtp': alpha must be a finite number > 0, got 0.0"),
-    (TRAIN + ["--rule", "ao-sdtp", "--aux-units", "0"], "rule 'ao-sdtp': aux_units must be an integer in [1, 65536]"),
-    (TRAIN + ["--rule", "ao-sdtp", "--aux-units", "10000000"], "aux_units must be an integer in [1, 65536]"),
+    (TRAIN + ["--rule", "ao-sdtp", "--aux-units", "-1"], "rule 'ao-sdtp': aux_units must be an integer in [0, 65536]"),
+    (TRAIN + ["--rule", "ao-sdtp", "--aux-units", "10000000"], "aux_units must be an integer in [0, 65536]"),
     (TRAIN + ["--rule", "sdtp", "--diagnostics-every", "-1"], "diagnostics_every must be an integer >= 0"),
     (TRAIN + ["--batch-size", "0"], "batch_size must be a positive integer, got 0"),
     (TRAIN + ["--eval-batch-size", "-5"], "eval_batch_size must be a positive integer, got -5"),
@@ -195,7 +195,7 @@ REPRODUCE_SEARCH_CASES = [
      "argument --limit-eval-batches: expected a positive integer"),
     (["reproduce", "cifar10", "--out", "OUT", "--aux-sweep", "1,x"], "bioprop", "--aux-sweep '1,x'"),
     (["reproduce", "cifar10", "--out", "OUT", "--aux-sweep", "100000"], "bioprop",
-     "aux_units must be an integer in [1, 65536]"),
+     "aux_units must be an integer in [0, 65536]"),
     (["reproduce", "mnist-fc-bp", "--out", "OUT", "--device", "gpu"], "bioprop", "device must be"),
     (["reproduce", "mnist-fc-bp"], "bioprop reproduce", "the following arguments are required: --out"),
     (["search", "mnist-fc-bpp"], "bioprop", "unknown preset 'mnist-fc-bpp'; did you mean 'mnist-fc-bp'"),
@@ -228,7 +228,7 @@ def test_other_commands_refuse_bad_input(tmp_path, capsys):
             "argument --noise: expected a finite number", "bioprop plan")
     refused(capsys, ["plan", "--model", "mnist-fc", "--rule", "dtp", "--batch-size", "8", "--memory",
                      "9" * 400 + "GB"], "memory must be a positive size")
-    refused(capsys, ["plan", "--model", "mnist-fc", "--rule", "ao-sdtp", "--batch-size", "8", "--aux-units", "0"],
+    refused(capsys, ["plan", "--model", "mnist-fc", "--rule", "ao-sdtp", "--batch-size", "8", "--aux-units", "-1"],
             "rule 'ao-sdtp': aux_units must be")
 
 
@@ -279,7 +279,7 @@ def test_rules_check_their_options_when_built_directly():
         rule_options("dtp", noise=math.inf)
     with pytest.raises(BiopropError, match="aux_units must be an integer in"):
         create_rule("ao-sdtp", create_model("mnist-fc"), aux_units=-4)
-    from bioprop.rules.target_prop import DifferenceTargetProp
+    from bioprop.rules.target_prop.variants import DifferenceTargetProp
 
     options = DifferenceTargetProp.Options(alpha=math.nan)
     with pytest.raises(BiopropError, match="alpha must be a finite number > 0, got nan"):

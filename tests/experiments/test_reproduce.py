@@ -38,8 +38,8 @@ def test_plan_covers_cells_times_seeds_and_the_aux_sweep():
     assert set(folders) == {"cifar-fc-ao-sdtp-parallel", "cifar-fc-ao-sdtp-parallel.aux-0",
                             "cifar-fc-ao-sdtp-parallel.aux-128"}
     assert folders["cifar-fc-ao-sdtp-parallel.aux-128"].config.rule_options["aux_units"] == 128
-    no_aux = folders["cifar-fc-ao-sdtp-parallel.aux-0"].config  # 0 auxiliary units = SDTP
-    assert no_aux.rule == "sdtp" and "aux_units" not in no_aux.rule_options
+    no_aux = folders["cifar-fc-ao-sdtp-parallel.aux-0"].config  # 0 auxiliary units = SDTP (tests/rules)
+    assert no_aux.rule == "ao-sdtp" and no_aux.rule_options["aux_units"] == 0
     assert parse_int_list("0,128", "--aux-sweep") == [0, 128]
     with pytest.raises(BiopropError, match="AO-SDTP"):
         plan_runs(select_presets(["mnist-fc-bp"]), seeds=1, aux_sweep=[0, 128])

@@ -16,7 +16,7 @@ from bioprop.models import create_model, list_models
 from bioprop.models.network import Block, Network
 from bioprop.rules import create_rule
 from bioprop.rules.base import task_loss
-from bioprop.rules.tp_base import angle_degrees, gaussian_noise, squared_error
+from bioprop.rules.target_prop.base import angle_degrees, gaussian_noise, squared_error
 from bioprop.training.config import AdamConfig
 from bioprop.training.trainer import make_optimizer
 from realdata import missing_reason, real_data_root
@@ -418,7 +418,7 @@ def test_reconstruction_error_is_zero_for_an_exact_inverse():
 @pytest.mark.parametrize("rule_name,options,named", [
     ("dtp", {"noise": -0.1}, "noise"),
     ("sdtp", {"noise": float("nan")}, "noise"),
-    ("ao-sdtp", {"aux_units": 0}, "aux_units"),
+    ("ao-sdtp", {"aux_units": -1}, "aux_units"),
     ("ao-sdtp", {"aux_units": 2.5}, "aux_units"),
     ("tp", {"schedule": "sometimes"}, "schedule"),
     ("sdtp", {"inverse_loss": "contractive"}, "inverse_loss"),
@@ -469,3 +469,17 @@ def test_cli_trains_dtp_alternating_on_real_mnist_and_writes_diagnostics(tmp_pat
         assert "forward_loss/layer1" not in inverse_pass["diagnostics"]
         assert "forward_loss/layer1" in forward_pass["diagnostics"]
         assert "inverse_loss/layer2" not in forward_pass["diagnostics"]
+
+
+def test_ao_sdtp_without_auxiliary_units_is_sdtp():
+    """AO-SDTP with aux_units = 0 computes SDTP's gradients exactly (the Figure 4 sweep's 0 point)."""
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    grads = []
+    for name, options in (("sdtp", {}), ("ao-sdtp", {"aux_units": 0})):
+        torch.manual_seed(0)
+        rule = create_rule(name, create_model("mnist-fc"), seed=0, noise=0.0, **options)
+        rule.compute_gradients(x, y, ("forward", "inverse"))
+        grads.append([p.grad.clone() for p in rule.parameters()])
+    assert len(grads[0]) == len(grads[1])
+    for sdtp, ao in zip(*grads):
+        torch.testing.assert_close(ao, sdtp, rtol=0, atol=0)

@@ -52,7 +52,7 @@ def test_transpose_is_differentiable_in_input_and_weight(name):
 
 
 def test_fast_tanh_equals_tanh():
-    from bioprop.rules.inverses import fast_tanh
+    from bioprop.rules.target_prop.inverses import fast_tanh
 
     x = torch.cat([torch.linspace(-30, 30, 10001), torch.tensor([0.0, 1e-8, -1e-8, 88.0, -88.0, 1e4, -1e4])])
     torch.testing.assert_close(fast_tanh(x), torch.tanh(x), rtol=0, atol=3e-7)

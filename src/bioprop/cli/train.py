@@ -15,9 +15,15 @@ from bioprop.errors import BiopropError
 from bioprop.models import MODELS
 from bioprop.rules import RULES
 from bioprop.training import AdamConfig, TrainConfig, train
-from bioprop.training.config import OPTIMIZER_IMPLS, PRECISIONS
+from bioprop.training.config import OPTIMIZER_IMPLS, PRECISIONS, rule_group_names
 
-ADAM_FLAGS = {"lr": "learning rate", "beta1": "Adam beta1", "beta2": "Adam beta2", "eps": "Adam epsilon"}
+ADAM_FLAGS = {"lr": "learning rate", "beta1": "Adam beta1", "beta2": "Adam beta2", "eps": "Adam epsilon",
+              "weight_decay": "decoupled (AdamW) weight decay"}
+
+
+def other_groups() -> list[str]:
+    """The parameter groups besides ``forward`` that some rule trains; each gets ``--GROUP-lr`` etc."""
+    return [group for group in rule_group_names() if group != "forward"]
 
 
 def rule_option_fields() -> dict[str, dataclasses.Field]:
@@ -99,11 +105,16 @@ def add_parser(subparsers) -> None:
                         help=f"random seed of initialisation, data order, noise and the validation split "
                              f"(default: {_default('seed')})")
     for flag, meaning in ADAM_FLAGS.items():
-        parser.add_argument(f"--{flag}", type=finite_float, metavar="X",
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=finite_float, metavar="X",
                             help=f"forward-weights {meaning} (default: {adam_default(flag):g}, or the preset's)")
-        parser.add_argument(f"--inverse-{flag}", type=finite_float, metavar="X",
-                            help=f"inverse/feedback-weights {meaning} (target propagation) "
-                                 f"(default: {adam_default(flag):g}, or the preset's)")
+    for group in other_groups():
+        rules = ", ".join(name for name in RULES.names() if group in RULES.get(name).groups)
+        followed = {RULES.get(name).group_defaults.get(group) for name in RULES.names()} - {None}
+        fallback = f"the {', '.join(sorted(followed))} group's for rules that follow it" if followed else ""
+        for flag, meaning in ADAM_FLAGS.items():
+            default = f"{adam_default(flag):g}" + (f", {fallback}" if fallback else "")
+            parser.add_argument(f"--{group}-{flag.replace('_', '-')}", type=finite_float, metavar="X",
+                                help=f"{group}-weights {meaning} ({rules}) (default: {default}, or the preset's)")
     add_rule_options(parser, "learning-rule options (each rule accepts its own; see `bioprop rules`)")
     parser.add_argument("--device", type=name, help="auto (CUDA when present), cpu, cuda, cuda:N "
                         f"(default: {_default('device')})")
@@ -149,9 +160,11 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
                  "optimizer_impl", "limit_batches", "limit_eval_batches", "train_eval_size", "checkpoint_every"):
         if getattr(args, flag) is not None:
             setattr(config, flag, getattr(args, flag))
-    for group, prefix in (("forward", ""), ("inverse", "inverse_")):
+    for group in ("forward", *other_groups()):
+        prefix = "" if group == "forward" else f"{group}_"
         given = {flag: getattr(args, prefix + flag) for flag in ADAM_FLAGS if getattr(args, prefix + flag) is not None}
-        config.optimizers[group] = dataclasses.replace(config.optimizers.get(group, AdamConfig()), **given)
+        if given or group not in config.optimizers and group == "forward":
+            config.optimizers[group] = dataclasses.replace(config.optimizers.get(group, AdamConfig()), **given)
     for option in rule_option_fields():
         value = getattr(args, f"rule_{option}")
         if value is not None:

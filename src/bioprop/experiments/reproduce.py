@@ -14,6 +14,7 @@ from it (so raising ``--epochs`` later extends finished runs); anything else sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -27,6 +28,7 @@ from typing import Callable
 
 from bioprop.errors import BiopropError
 from bioprop.presets import Preset, select_presets
+from bioprop.rules import RULES
 from bioprop.training import TrainConfig
 from bioprop.training.checkpoint import save_json
 
@@ -133,8 +135,8 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
     ``overrides`` are TrainConfig fields (``limit_eval_batches``, ``device``), ``data_dir`` or
     ``verify`` (False: skip the checksum comparison);
     ``limit_batches`` is a number or, like ``epochs``, per-pattern values.
-    ``aux_sweep`` adds, for every AO-SDTP preset, one variant per auxiliary size (the preset's
-    own size is the plain run).
+    ``aux_sweep`` adds, for every preset whose rule has an ``aux_units`` option (AO-SDTP), one
+    variant per auxiliary size (the preset's own size is the plain run).
     """
     if isinstance(seeds, int):
         if seeds < 1:
@@ -148,12 +150,12 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
     variants: list[tuple[Preset, str, dict]] = []
     for preset in presets:
         variants.append((preset, preset.name, {}))
-        if aux_sweep and preset.rule == "ao-sdtp":
+        if aux_sweep and has_option(preset.rule, "aux_units"):
             own = preset.config().rule_options.get("aux_units")
             for size in aux_sweep:
                 if size != own:
                     variants.append((preset, f"{preset.name}.aux-{size}", {"aux_units": size}))
-    if aux_sweep and not any(p.rule == "ao-sdtp" for p in presets):
+    if aux_sweep and not any(has_option(p.rule, "aux_units") for p in presets):
         raise BiopropError("--aux-sweep needs at least one AO-SDTP preset (e.g. cifar10 or 'cifar-*-ao-sdtp-*')")
     specs = []
     for seed in seeds:
@@ -176,14 +178,12 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
 
 
 def apply_variant(config: TrainConfig, variant: dict) -> None:
-    """Applies a sweep variant to a config; ``aux_units = 0`` is AO-SDTP without auxiliary units,
-    i.e. SDTP with the same settings."""
-    variant = dict(variant)
-    if variant.get("aux_units") == 0 and config.rule == "ao-sdtp":
-        config.rule = "sdtp"
-        config.rule_options.pop("aux_units", None)
-        variant.pop("aux_units")
+    """Applies a sweep variant (rule options) to a config."""
     config.rule_options.update(variant)
+
+
+def has_option(rule: str, option: str) -> bool:
+    return option in {field.name for field in dataclasses.fields(RULES.get(rule).Options)}
 
 
 def run_state(path: Path, epochs: int) -> tuple[str, int]:

@@ -9,12 +9,16 @@ forward Adam lr          [1e-5, 3e-4], **log-uniform** (the paper does not say; 
 forward Adam beta1       fixed 0.9
 forward Adam beta2       {0.99, 0.999}
 forward Adam eps         {1e-4, 1e-6, 1e-8}
-inverse Adam (TP rules)  the same four, for the inverse weights
-alpha (DTP)              [0.01, 0.2], uniform
-sigma (TP rules)         [0.01, 0.3], uniform
+other groups' Adam      the same four for every other parameter group of the rule (the
+                         inverses of target propagation), except groups whose settings
+                         follow another group's (``group_defaults``, e.g. Kolen-Pollack)
+rule options             those whose ``Options`` field carries ``search`` metadata:
+                         alpha (DTP) [0.01, 0.2] uniform, sigma (TP rules) [0.01, 0.3] uniform
 =======================  ===========================================================
 
-BP, FA and DFA search the forward Adam settings only. Everything else comes from the preset.
+The groups and the options come from the rule class, so a new rule is searched without any
+change here. BP, FA and DFA search the forward Adam settings only. Everything else comes from
+the preset.
 
 * Objective: the best validation error over the trial's epochs (minimised). Each trial also
   records its test error at that epoch and its best test error over training (user attributes),
@@ -49,10 +53,9 @@ import numpy as np
 
 from bioprop.errors import BiopropError
 from bioprop.presets import Preset
+from bioprop.rules import RULES
+from bioprop.rules.base import searchable_options
 from bioprop.training import AdamConfig, TrainConfig
-
-TP_RULES = ("tp", "dtp", "sdtp", "ao-sdtp")
-
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -60,15 +63,15 @@ class SearchSpace:
     beta1: float = 0.9  # fixed
     beta2: tuple[float, ...] = (0.99, 0.999)
     eps: tuple[float, ...] = (1e-4, 1e-6, 1e-8)
-    alpha: tuple[float, float] = (0.01, 0.2)  # uniform, DTP only
-    noise: tuple[float, float] = (0.01, 0.3)  # uniform, TP rules
 
 
 SPACE = SearchSpace()
 
 
 def searched_groups(config: TrainConfig) -> list[str]:
-    return ["forward", "inverse"] if config.rule in TP_RULES else ["forward"]
+    """The rule's parameter groups whose Adam settings are drawn (not those that follow another group)."""
+    rule = RULES.get(config.rule)
+    return [group for group in rule.groups if group not in rule.group_defaults]
 
 
 def suggest(trial, base: TrainConfig, space: SearchSpace = SPACE) -> TrainConfig:
@@ -80,10 +83,8 @@ def suggest(trial, base: TrainConfig, space: SearchSpace = SPACE) -> TrainConfig
             beta1=space.beta1,
             beta2=trial.suggest_categorical(f"{group}_beta2", list(space.beta2)),
             eps=trial.suggest_categorical(f"{group}_eps", list(space.eps)))
-    if config.rule in TP_RULES:
-        if config.rule == "dtp":
-            config.rule_options["alpha"] = trial.suggest_float("alpha", *space.alpha)
-        config.rule_options["noise"] = trial.suggest_float("noise", *space.noise)
+    for option, (distribution, low, high) in searchable_options(config.rule).items():
+        config.rule_options[option] = trial.suggest_float(option, low, high, log=distribution == "log-uniform")
     return config
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from bioprop.models.network import Block, Conv2dSame, Network
 from bioprop.nn import LocallyConnected2d
+from bioprop.errors import BiopropError
 from bioprop.registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -99,9 +100,34 @@ _lc_twins("imagenet", (3, 224, 224),
           [(9, 48, 4), (3, 48, 2), (5, 96, 1), (3, 96, 2), (3, 192, 1), (3, 192, 2), (3, 384, 1)], [], 1000)
 
 
-def create_model(name: str) -> Network:
-    """Builds the registered network ``name`` with freshly initialised weights (seed with ``torch.manual_seed``)."""
-    return MODELS.get(name)()
+def model_factory(name: str):
+    """The builder of model ``name``: a registered name (``mnist-fc``), or an import path
+    ``package.module:function`` naming a function (or class) that returns any ``nn.Module`` mapping
+    ``(N, C, H, W)`` images to ``(N, classes)`` logits: a user's own ResNet, say. Such a module may
+    declare ``input_shape`` and ``num_classes`` attributes, which the trainer checks against the data."""
+    if isinstance(name, str) and ":" in name and name not in MODELS:
+        import importlib
+
+        module_name, _, attribute = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise BiopropError(f"model {name!r}: cannot import module {module_name!r} ({error}); expected "
+                               f"a registered model name or an import path package.module:function") from None
+        builder = getattr(module, attribute, None)
+        if not callable(builder):
+            raise BiopropError(f"model {name!r}: module {module_name!r} has no function or class {attribute!r}")
+        return builder
+    return MODELS.get(name)
+
+
+def create_model(name: str) -> nn.Module:
+    """Builds model ``name`` (registered, or an import path, see :func:`model_factory`) with freshly
+    initialised weights (seed with ``torch.manual_seed``)."""
+    model = model_factory(name)()
+    if not isinstance(model, nn.Module):
+        raise BiopropError(f"model {name!r}: its builder returned {type(model).__name__}, expected an nn.Module")
+    return model
 
 
 def list_models() -> list[str]:

@@ -23,8 +23,11 @@ from typing import Callable
 
 from bioprop.checks import suggest
 from bioprop.errors import BiopropError
-from bioprop.presets import paper
-from bioprop.presets.paper import DECISIONS, Cell, Decision, PaperNumbers
+from bioprop.presets import beyond, paper
+from bioprop.presets.paper import Cell, Decision, PaperNumbers
+from bioprop.presets.paper import DECISIONS as PAPER_DECISIONS
+
+DECISIONS = PAPER_DECISIONS + beyond.DECISIONS
 from bioprop.registry import Registry
 from bioprop.training import TrainConfig
 
@@ -68,10 +71,20 @@ class Preset:
     def label(self) -> str:
         return self.cell.label
 
+    @property
+    def beyond(self) -> bool:
+        """A rule the paper did not run (:mod:`bioprop.presets.beyond`)."""
+        return self.cell.table == "beyond"
+
     def groups(self) -> list[str]:
-        """Group names this preset belongs to (for ``bioprop reproduce GROUP``)."""
+        """Group names this preset belongs to (for ``bioprop reproduce GROUP``): the paper's cells are
+        in ``mnist``, ``mnist-fc``, ...; the rules beyond the paper in ``beyond``, ``mnist-beyond``,
+        ``mnist-fc-beyond``, ..."""
         prefix = paper.PRESET_PREFIX[self.cell.dataset]
-        return [self.cell.dataset, f"{prefix}-{self.cell.arch}", f"{self.cell.dataset}-{self.cell.arch}"]
+        names = [self.cell.dataset, f"{prefix}-{self.cell.arch}", f"{self.cell.dataset}-{self.cell.arch}"]
+        if self.beyond:
+            return ["beyond"] + [f"{name}-beyond" for name in dict.fromkeys(names)]
+        return names
 
 
 def register_preset(name: str, cell: Cell, build: Callable[[], TrainConfig]) -> Preset:
@@ -84,7 +97,15 @@ def _register_paper_cells() -> None:
                         lambda cell=cell: paper.make_config(cell.dataset, cell.arch, cell.method))
 
 
+def _register_beyond_cells() -> None:
+    for rule in beyond.rules_beyond():
+        for dataset, arch in beyond.NETWORKS:
+            cell = Cell(dataset, arch, rule, "beyond", beyond.numbers())
+            register_preset(cell.name, cell, lambda cell=cell: beyond.config(cell.dataset, cell.arch, cell.method))
+
+
 _register_paper_cells()
+_register_beyond_cells()
 
 #: The group names ``select_presets`` understands, with what they hold.
 GROUPS: dict[str, str] = {
@@ -92,6 +113,7 @@ GROUPS: dict[str, str] = {
     "fashion-mnist": "the Table 1(a) cells on Fashion-MNIST (no paper column)",
     "cifar10": "Table 1(b): every CIFAR-10 cell (FC and LC)",
     "imagenet": "Table 2: every ImageNet cell",
+    "beyond": "the rules the paper did not run, on its networks (also mnist-beyond, mnist-fc-beyond, ...)",
 }
 
 
@@ -114,9 +136,11 @@ def group_names() -> list[str]:
 
 
 def sort_key(preset: Preset) -> tuple:
+    """Table order: dataset, architecture, the paper's rows, then the rules beyond the paper by name."""
     datasets = list(paper.PRESET_PREFIX)
     methods = list(paper.METHODS)
-    return (datasets.index(preset.dataset), preset.cell.arch, methods.index(preset.cell.method))
+    row = methods.index(preset.cell.method) if preset.cell.method in paper.METHODS else len(methods)
+    return (datasets.index(preset.dataset), preset.cell.arch, row, preset.cell.method)
 
 
 def select_presets(tokens: list[str]) -> list[Preset]:

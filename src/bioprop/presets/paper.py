@@ -16,7 +16,7 @@ or override from the command line: ``bioprop train --preset mnist-fc-dtp-alterna
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from bioprop.data import DataConfig
 from bioprop.training import AdamConfig, TrainConfig
@@ -269,21 +269,26 @@ def hyperparameters(arch_key: str, method: str) -> Hyper:
     return TABLE5[arch_key][column]
 
 
-def make_config(dataset: str, arch: str, method: str) -> TrainConfig:
-    """The TrainConfig of one cell: architecture, Table 5 settings and the DECISIONS above."""
-    rule, schedule = rule_of(method)
+def make_config(dataset: str, arch: str, method: str, rule: str | None = None, column: str | None = None) -> TrainConfig:
+    """The TrainConfig of one cell: architecture, Table 5 settings and the DECISIONS above.
+
+    ``rule`` and ``column`` serve rules the paper did not run (:mod:`bioprop.presets.beyond`): the
+    rule trained with the settings of another rule's Table 5 column. Every setting goes where the
+    rule has a place for it (an ``inverse`` group, a ``noise`` option): nothing here names a rule."""
+    from bioprop.rules import RULES
+
+    column = column or method
+    paper_rule, schedule = rule_of(column)
+    rule = rule or paper_rule
+    rule_class = RULES.get(rule)
+    option_names = {f.name for f in fields(rule_class.Options)}
     model = f"{MODEL_PREFIX[dataset]}-{'conv' if method == 'bp-conv' else arch}"
-    hyper = hyperparameters(f"{MODEL_PREFIX[dataset]}-{arch}", method)
+    hyper = hyperparameters(f"{MODEL_PREFIX[dataset]}-{arch}", column)
     optimizers = {"forward": hyper.forward.config()}
-    options: dict = {}
-    if hyper.inverse is not None:  # a target-propagation rule
+    if hyper.inverse is not None and "inverse" in rule_class.groups:
         optimizers["inverse"] = hyper.inverse.config(beta1=INVERSE_BETA1)
-        options["schedule"] = schedule
-        if hyper.alpha is not None:
-            options["alpha"] = hyper.alpha
-        options["noise"] = hyper.noise
-        if rule == "ao-sdtp":
-            options["aux_units"] = AUX_UNITS
+    values = {"schedule": schedule, "alpha": hyper.alpha, "noise": hyper.noise, "aux_units": AUX_UNITS}
+    options = {name: value for name, value in values.items() if value is not None and name in option_names}
     data = DataConfig(name=dataset, val_size=VAL_SIZE[dataset], normalization=NORMALIZATION,
                       augment=AUGMENT[dataset], crop_padding=CROP_PADDING, flip=FLIP)
     return TrainConfig(data=data, model=model, rule=rule, rule_options=options, optimizers=optimizers,
@@ -317,7 +322,11 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return METHODS[self.method]
+        if self.method in METHODS:
+            return METHODS[self.method]
+        from bioprop.rules import RULES
+
+        return RULES.get(self.method).label
 
 
 def cells() -> list[Cell]:

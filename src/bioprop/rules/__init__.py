@@ -1,9 +1,32 @@
-"""Learning-rule registry. Importing this package registers every rule in it."""
+"""Learning rules, by mechanism family, and their registry.
 
-from bioprop.rules import bp, dfa, fa  # noqa: F401  (registration side effects)
-from bioprop.rules import target_prop  # noqa: F401  (registers tp, dtp, sdtp, ao-sdtp)
+=====================  ================================================================
+``bp.py``              backpropagation, the reference
+``feedback/``          feedback-weight rules: backprop's backward pass with each transposed
+                       forward weight replaced by a feedback weight B (FA, sign symmetry,
+                       Kolen-Pollack, weight mirrors)
+``direct/``            direct feedback: the output error sent straight to every layer (DFA)
+``target_prop/``       target propagation: local losses toward targets from learned inverses
+                       (TP, DTP, SDTP, AO-SDTP, DRL, L-DRL, the BP/DTP hybrid)
+=====================  ================================================================
+
+Importing this package imports every module under it, and each module registers its rules
+with ``@register_rule``: adding a rule is adding one file, named nowhere else.
+"""
+
+import importlib
+import pkgutil
+
 from bioprop.rules.base import (RULES, LearningRule, StepResult, create_rule, list_rules, register_rule, rule_options,
                                task_loss)
+
+
+def _import_all() -> None:
+    for module in pkgutil.walk_packages(__path__, prefix=f"{__name__}."):
+        importlib.import_module(module.name)
+
+
+_import_all()
 
 __all__ = ["RULES", "LearningRule", "StepResult", "create_rule", "list_rules", "register_rule", "rule_options",
            "task_loss"]

@@ -18,13 +18,22 @@ The training loop talks to every rule through four methods and never branches on
   processes, compared with backprop's for alignment metrics, or clipped, for any rule;
 * ``forward(x)``: logits for evaluation.
 
-Adding a rule means one new file with a subclass decorated ``@register_rule("name")``,
-options declared as a dataclass in ``Options``.
+Adding a rule means one new file (anywhere under ``rules/``: the package imports every module)
+with a subclass decorated ``@register_rule("name")``. Everything else asks the class:
+
+* ``groups``: its parameter groups, each with its own optimiser settings ``config.optimizers[group]``
+  (``--lr`` for ``forward``, ``--GROUP-lr`` for the others); ``group_defaults`` names groups whose
+  settings default to another group's (Kolen-Pollack's feedback weights follow the forward ones);
+* ``Options``: a dataclass whose fields become ``--flags``; a field's ``metadata["search"]``
+  (e.g. ``("uniform", 0.01, 0.3)``) puts it in ``bioprop search``'s space;
+* ``preset_column``: for rules the paper did not run, the Table 5 column whose settings its
+  presets borrow; ``label``: its name in tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -45,6 +54,8 @@ def register_rule(name: str):
 
     def add(cls):
         cls.name = name
+        if not cls.__dict__.get("label"):
+            cls.label = name.upper()
         return RULES.register(name)(cls)
 
     return add
@@ -70,6 +81,14 @@ class LearningRule(nn.Module):
     """Base class; subclasses override :meth:`compute_gradients` (and more where they add state)."""
 
     name: ClassVar[str] = ""
+    #: how tables name the rule (default: the registered name in capitals)
+    label: ClassVar[str] = ""
+    #: the parameter groups :meth:`parameter_groups` returns, each trained by its own optimiser
+    groups: ClassVar[tuple[str, ...]] = ("forward",)
+    #: groups whose optimiser settings default to another group's, e.g. ``{"feedback": "forward"}``
+    group_defaults: ClassVar[dict[str, str]] = {}
+    #: rules beyond the paper: the Table 5 column (``"fa"``, ``"dtp-parallel"``) their presets borrow
+    preset_column: ClassVar[str | None] = None
 
     @dataclass
     class Options:
@@ -137,6 +156,34 @@ class LearningRule(nn.Module):
     def global_batch_size(self, local_batch_size: int) -> int:
         return local_batch_size * self.world_size
 
+    # -- what alignment metrics read (bioprop.training.alignment) ---------------------------
+    def layer_weights(self) -> dict[str, nn.Parameter]:
+        """The forward weight of every affine layer, by layer name: ``layer1`` .. ``layerL`` for a
+        :class:`~bioprop.models.Network` (as in the diagnostics), module names for other models."""
+        return {f"layer{index + 1}": layer.weight for index, layer in enumerate(self.model.layers)}
+
+    def feedback_pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{layer name: (W, B)}`` for the layers whose error is carried back by a feedback weight B of
+        W's shape (feedback-weight rules); empty for rules without one."""
+        return {}
+
+    @contextmanager
+    def true_backprop(self):
+        """Within this context, ``self.model(x)`` and autograd give backprop's exact gradients with the
+        current parameters. Rules that change the backward pass of the model's own layers (the
+        feedback-weight rules on a wrapped module) turn the change off here."""
+        yield
+
+    # -- any nn.Module ---------------------------------------------------------------------
+    @classmethod
+    def wrap(cls, module: nn.Module, seed: int = 0, **options) -> nn.Module:
+        """``bioprop.wrap(module, rule=NAME)``: ``module`` with its layers' backward passes replaced by
+        this rule's, everything else left to autograd. Rules that need bioprop's block structure
+        (target propagation) refuse, by name."""
+        raise BiopropError(f"rule {cls.name!r} cannot wrap an arbitrary nn.Module: it needs a bioprop Network "
+                           f"(a stack of blocks, e.g. --model mnist-fc); the rules that can: "
+                           f"{', '.join(wrappable_rules()) or 'none'}")
+
     # -- helpers -------------------------------------------------------------------------
     def layer_generator(self, index: int) -> torch.Generator:
         """A CPU generator seeded from ``(seed, rule name, layer index)``: fixed random weights are
@@ -172,3 +219,15 @@ def create_rule(name: str, model: Network, seed: int = 0, **options) -> Learning
 
 def list_rules() -> list[str]:
     return RULES.names()
+
+
+def wrappable_rules() -> list[str]:
+    """Rules that apply to any ``nn.Module`` (they override :meth:`LearningRule.wrap`)."""
+    return [name for name in RULES.names() if RULES.get(name).wrap.__func__ is not LearningRule.wrap.__func__]
+
+
+def searchable_options(name: str) -> dict[str, tuple]:
+    """``{option: ("uniform" | "log-uniform", low, high)}``: the options of rule ``name`` that
+    ``bioprop search`` draws, from the ``search`` metadata of its ``Options`` fields."""
+    return {option.name: tuple(option.metadata["search"])
+            for option in dataclasses.fields(RULES.get(name).Options) if "search" in option.metadata}

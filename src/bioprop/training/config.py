@@ -19,12 +19,14 @@ from bioprop.errors import BiopropError
 
 @dataclass
 class AdamConfig:
-    """Adam (Kingma & Ba 2015) settings for one parameter group."""
+    """Adam (Kingma & Ba 2015) settings for one parameter group; with ``weight_decay`` > 0, AdamW's
+    decoupled decay (Loshchilov & Hutter 2019): every step also multiplies the weights by 1 - lr * weight_decay."""
 
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    weight_decay: float = 0.0
 
     def validate(self, group: str) -> None:
         for name, value in asdict(self).items():
@@ -37,6 +39,9 @@ class AdamConfig:
                 raise BiopropError(f"{group} optimiser: {name} must be in [0, 1), got {shown(getattr(self, name))}")
         if self.eps <= 0:
             raise BiopropError(f"{group} optimiser: eps must be > 0, got {shown(self.eps)}")
+        if not 0 <= self.weight_decay * self.lr < 1:
+            raise BiopropError(f"{group} optimiser: weight_decay must be >= 0 with lr * weight_decay < 1, "
+                               f"got {shown(self.weight_decay)}")
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -88,13 +93,13 @@ class TrainConfig:
     def validate(self) -> None:
         """Raises :class:`BiopropError` naming the first field that is wrong: a type, a range, an
         unknown dataset, model, rule or rule option. Cheap: no data is read, no network built."""
-        from bioprop.models import MODELS
-        from bioprop.rules import rule_options
+        from bioprop.models import model_factory
+        from bioprop.rules import RULES, rule_options
 
         if not isinstance(self.data, DataConfig):
             raise BiopropError(f"data must be a data config (with at least a dataset name), got {shown(self.data)}")
         self.data.validate()
-        MODELS.get(self.model)
+        model_factory(self.model)
         if not isinstance(self.rule_options, dict):
             raise BiopropError(f"rule_options must be a mapping of option names to values, "
                                f"got {shown(self.rule_options)}")
@@ -118,6 +123,27 @@ class TrainConfig:
                 raise BiopropError(f"optimizers: {shown(group)} must name a parameter group and hold Adam settings "
                                    f"(lr, beta1, beta2, eps), got {shown(adam)}")
             adam.validate(group)
+        known_groups = rule_group_names()
+        for group in self.optimizers:
+            if group not in known_groups:
+                raise BiopropError(f"optimizers: unknown parameter group {group!r}{suggest(group, known_groups)} "
+                                   f"(the rules' groups: {', '.join(known_groups)})")
+        for group in RULES.get(self.rule).groups:
+            self.optimizer_settings(group)
+
+    def optimizer_settings(self, group: str) -> AdamConfig:
+        """The Adam settings of parameter group ``group``: its own entry in ``optimizers``, else those of
+        the group the rule says it follows (``LearningRule.group_defaults``, e.g. Kolen-Pollack's
+        feedback weights follow the forward weights)."""
+        from bioprop.rules import RULES
+
+        if group in self.optimizers:
+            return self.optimizers[group]
+        followed = RULES.get(self.rule).group_defaults.get(group)
+        if followed is not None and followed in self.optimizers:
+            return self.optimizers[followed]
+        raise BiopropError(f"rule {self.rule!r} needs optimiser settings for parameter group {group!r} "
+                           f"(config field optimizers.{group}, or --{group}-lr etc.)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +178,13 @@ class TrainConfig:
             _check_fields(adam, AdamConfig, f"optimizers.{group}")
         values["optimizers"] = {group: AdamConfig(**adam) for group, adam in optimizers.items()}
         return cls(**values)
+
+
+def rule_group_names() -> list[str]:
+    """Every parameter group some registered rule trains (``forward``, ``inverse``, ``feedback``, ...)."""
+    from bioprop.rules import RULES
+
+    return sorted({group for name in RULES.names() for group in RULES.get(name).groups})
 
 
 def _check_fields(values: dict, kind, where: str) -> None:

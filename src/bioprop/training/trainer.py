@@ -57,7 +57,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(parameters: list, adam: AdamConfig, implementation: str = "plain",
-                   device: torch.device | None = None) -> torch.optim.Adam:
+                   device: torch.device | None = None) -> torch.optim.Optimizer:
     """Adam with the chosen kernel: ``fused`` (one kernel over all tensors), ``foreach`` (batched
     ops), ``plain`` (a loop over tensors), or ``auto`` (fused where the device supports it). The
     three compute the same update to float rounding (tested)."""
@@ -70,6 +70,9 @@ def make_optimizer(parameters: list, adam: AdamConfig, implementation: str = "pl
         kernel = {"foreach": True}
     elif implementation == "plain":
         kernel = {"foreach": False}
+    if adam.weight_decay > 0:
+        return torch.optim.AdamW(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps,
+                                 weight_decay=adam.weight_decay, **kernel)
     return torch.optim.Adam(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps, **kernel)
 
 
@@ -127,15 +130,12 @@ class Trainer:
         model = create_model(config.model)  # validates the names before any data is read
         self.rule: LearningRule = create_rule(config.rule, model, seed=config.seed, **config.rule_options)
         self.rule.set_data_parallel(self.parallel.rank, self.parallel.world_size)
-        missing = sorted(set(self.rule.parameter_groups()) - set(config.optimizers))
-        if missing:
-            raise BiopropError(f"rule {config.rule!r} needs optimiser settings for group(s) {', '.join(missing)}")
+        settings = {group: config.optimizer_settings(group) for group in self.rule.parameter_groups()}
         self.data = data if data is not None else load_data(config.data, seed=config.seed)
         self._check_model_fits_data(model)
         self._move_data_to_device()
         self.rule.to(self.device)
-        self.optimizers = {group: make_optimizer(params, config.optimizers[group], config.optimizer_impl,
-                                                 self.device)
+        self.optimizers = {group: make_optimizer(params, settings[group], config.optimizer_impl, self.device)
                            for group, params in self.rule.parameter_groups().items() if params}
         self.metrics: list[dict] = []
         # the position to start from: epoch, pass, the rows of the epoch's finished passes, the
@@ -178,11 +178,28 @@ class Trainer:
         return checkpoint
 
     def _check_model_fits_data(self, model) -> None:
+        """Declared shapes (``input_shape``, ``num_classes``) must match the data; a model that declares
+        none (a user's own module) is run once on two examples and must give ``(2, classes)`` logits."""
         info = self.data.info
-        if tuple(model.input_shape) != tuple(info.input_shape) or model.num_classes != info.num_classes:
-            raise BiopropError(
-                f"model {self.config.model!r} expects inputs {tuple(model.input_shape)} and {model.num_classes} "
-                f"classes, but dataset {info.name!r} has {tuple(info.input_shape)} and {info.num_classes}")
+        if hasattr(model, "input_shape") and hasattr(model, "num_classes"):
+            if tuple(model.input_shape) != tuple(info.input_shape) or model.num_classes != info.num_classes:
+                raise BiopropError(
+                    f"model {self.config.model!r} expects inputs {tuple(model.input_shape)} and {model.num_classes} "
+                    f"classes, but dataset {info.name!r} has {tuple(info.input_shape)} and {info.num_classes}")
+            return
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                logits = model.eval()(torch.zeros(2, *info.input_shape))
+        except Exception as error:  # a user's module: whatever it raises, name the model and the input
+            raise BiopropError(f"model {self.config.model!r} fails on inputs of shape (2, "
+                               f"{', '.join(map(str, info.input_shape))}) from dataset {info.name!r}: {error}") from None
+        finally:
+            model.train(was_training)
+        if tuple(getattr(logits, "shape", ())) != (2, info.num_classes):
+            raise BiopropError(f"model {self.config.model!r} gives outputs of shape "
+                               f"{tuple(getattr(logits, 'shape', ()))} for 2 examples; dataset {info.name!r} needs "
+                               f"(2, {info.num_classes}) logits")
 
     def _move_data_to_device(self) -> None:
         """In-memory splits go to the accelerator whole (uint8), so batching, augmentation and

@@ -51,7 +51,7 @@ from torch import nn
 from bioprop.checks import check_int, check_number
 from bioprop.errors import BiopropError
 from bioprop.rules.base import LearningRule, StepResult, task_loss
-from bioprop.rules.inverses import OutputInverse, build_inverse, fast_tanh
+from bioprop.rules.target_prop.inverses import OutputInverse, build_inverse, fast_tanh
 
 SCHEDULES = ("parallel", "alternating")
 INVERSE_LOSSES = ("noise-preserving", "denoising")
@@ -67,7 +67,8 @@ class TPOptions:
         "choices": list(SCHEDULES)})
     noise: float = field(default=0.2, metadata={
         "help": "target propagation: standard deviation sigma of the Gaussian noise added to h_{l-1} "
-                "when training the inverses"})
+                "when training the inverses",
+        "search": ("uniform", 0.01, 0.3)})  # Table 4
     inverse_loss: str | None = field(default=None, metadata={
         "help": "target propagation: inverse training loss, 'noise-preserving' ||h~ - g(f(h~))||^2 or "
                 "'denoising' ||h - g(f(h~))||^2 (default: noise-preserving for dtp, denoising for the others)",
@@ -142,6 +143,7 @@ class TargetPropagationRule(LearningRule):
     from the class probabilities, and targets use the difference correction."""
 
     Options = TPOptions
+    groups = ("forward", "inverse")
     default_inverse_loss: ClassVar[str] = "denoising"
     has_output_inverse: ClassVar[bool] = True
 

@@ -4,8 +4,8 @@ Lillicrap 2018, NeurIPS, §2 and Algorithms 1-2).
 
 Each hidden layer l learns from ½||f_l(h_{l-1}) - ĥ_l||² toward a target ĥ_l; the output layer
 learns from the cross-entropy; each inverse g_l (l >= 2) from a noisy reconstruction loss (see
-:mod:`bioprop.rules.tp_base` for the losses, schedules and diagnostics, and
-:mod:`bioprop.rules.inverses` for the inverses). The rules differ in the targets
+:mod:`bioprop.rules.target_prop.base` for the losses, schedules and diagnostics, and
+:mod:`bioprop.rules.target_prop.inverses` for the inverses). The rules differ in the targets
 (p = softmax(h_L) are the class probabilities, y* the one-hot label distribution):
 
 ``tp``       ĥ_{L-1} = g_L(y*),                       ĥ_l = g_{l+1}(ĥ_{l+1})
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from bioprop.checks import check_int, check_number
 from bioprop.rules.base import register_rule
-from bioprop.rules.inverses import fast_tanh
-from bioprop.rules.tp_base import TargetPropagationRule, TPOptions
+from bioprop.rules.target_prop.inverses import fast_tanh
+from bioprop.rules.target_prop.base import TargetPropagationRule, TPOptions
 
 TARGET_REDUCTIONS = ("sum", "mean")
 MAX_AUX_UNITS = 65536  # a fixed aux_units x units random matrix is allocated; the paper sweeps 0..1024
@@ -67,7 +67,8 @@ class DifferenceTargetProp(TargetPropagationRule):
     @dataclass
     class Options(TPOptions):
         alpha: float = field(default=0.15, metadata={
-            "help": "dtp: step size of the penultimate target h_{L-1} - alpha dL/dh_{L-1}"})
+            "help": "dtp: step size of the penultimate target h_{L-1} - alpha dL/dh_{L-1}",
+            "search": ("uniform", 0.01, 0.2)})  # Table 4
         target_reduction: str = field(default="sum", metadata={
             "help": "dtp: batch reduction of the cross-entropy L in the penultimate target: 'sum' "
                     "(per-example gradient) or 'mean' (1/batch of it, as Lee et al.'s code)",
@@ -97,7 +98,8 @@ class AuxiliaryOutputSDTP(TargetPropagationRule):
     @dataclass
     class Options(TPOptions):
         aux_units: int = field(default=512, metadata={
-            "help": "ao-sdtp: number of auxiliary output units z (fixed random tanh features of h_{L-1})"})
+            "help": "ao-sdtp: number of auxiliary output units z (fixed random tanh features of h_{L-1}); "
+                    "0 is SDTP"})
 
     def __init__(self, model, options=None, seed=0):
         super().__init__(model, options, seed)
@@ -110,7 +112,7 @@ class AuxiliaryOutputSDTP(TargetPropagationRule):
 
     @classmethod
     def check_options(cls, o):
-        check_int(o.aux_units, "aux_units", minimum=1, maximum=MAX_AUX_UNITS)
+        check_int(o.aux_units, "aux_units", minimum=0, maximum=MAX_AUX_UNITS)
         super().check_options(o)
 
     def output_feature_count(self):
