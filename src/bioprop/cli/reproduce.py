@@ -37,8 +37,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--limit-eval-batches", type=positive_int, metavar="N",
                         help="evaluate at most this many batches per split (default: all)")
     parser.add_argument("--aux-sweep", metavar="SIZES", type=name,
-                        help="also run every AO-SDTP preset with these auxiliary output sizes, e.g. 0,128,512,1024 "
-                             "(Figure 4) (default: no sweep)")
+                        help="also run every preset whose rule has auxiliary outputs (AO-SDTP) with these sizes, "
+                             "e.g. 0,128,512,1024 (Figure 4) (default: no sweep)")
+    parser.add_argument("--alignment-every", type=positive_int, metavar="N",
+                        help="measure alignment with backprop every N steps in every run (per layer; plotted by "
+                             "the report) (default: off)")
     parser.add_argument("--no-verify", dest="verify", action="store_false", default=None,
                         help="do not compare the published checksums before training (your own modified copy)")
     parser.add_argument("--device", type=name, help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
@@ -64,7 +67,8 @@ def canonical_command(args) -> list[str]:
     for value in args.limit_batches or []:
         argv += ["--limit-batches", value]
     argv += ["--out", str(args.out)]
-    for flag in ("data_dir", "limit_eval_batches", "aux_sweep", "device", "threads", "report_out"):
+    for flag in ("data_dir", "limit_eval_batches", "aux_sweep", "alignment_every", "device", "threads",
+                 "report_out"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.jobs != 1:
@@ -86,7 +90,7 @@ def run(args) -> int:
     specs = plan_runs(presets, seeds=args.seeds, epochs=EpochBudget.parse(args.epochs),
                       aux_sweep=parse_int_list(args.aux_sweep, "--aux-sweep"), data_dir=args.data_dir,
                       limit_batches=EpochBudget.parse(args.limit_batches, "--limit-batches"),
-                      limit_eval_batches=args.limit_eval_batches,
+                      limit_eval_batches=args.limit_eval_batches, alignment_every=args.alignment_every,
                       device=args.device, verify=args.verify)
     if args.dry_run:
         for spec in specs:

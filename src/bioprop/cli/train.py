@@ -134,6 +134,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint-every", type=name, metavar="N|Nmin",
                         help="also checkpoint within a pass: every N steps (e.g. 500) or minutes (e.g. 30min); "
                              "a checkpoint is always written at the end of every pass (default: only then)")
+    parser.add_argument("--alignment-every", type=any_int, metavar="N",
+                        help="every N steps, measure each layer's update angle to backprop's gradient and the "
+                             "feedback/forward weight angle, written per epoch in metrics.jsonl (default: 0, off)")
     parser.add_argument("--out", type=path, metavar="FOLDER",
                         help="run folder for config.json, metrics.jsonl, results.json, checkpoint.pt "
                              "(default: write nothing)")
@@ -157,7 +160,8 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
                   "verify": args.verify}
     config.data = dataclasses.replace(config.data, **{k: v for k, v in data_flags.items() if v is not None})
     for flag in ("model", "rule", "epochs", "batch_size", "eval_batch_size", "seed", "device", "precision",
-                 "optimizer_impl", "limit_batches", "limit_eval_batches", "train_eval_size", "checkpoint_every"):
+                 "optimizer_impl", "limit_batches", "limit_eval_batches", "train_eval_size", "checkpoint_every",
+                 "alignment_every"):
         if getattr(args, flag) is not None:
             setattr(config, flag, getattr(args, flag))
     for group in ("forward", *other_groups()):

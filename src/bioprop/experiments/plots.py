@@ -20,7 +20,10 @@ COLORS = dict(zip(METHODS, plt.get_cmap("tab10").colors))
 
 
 def _color(method: str):
-    return COLORS.get(method, "black")
+    """The paper's rows keep their tab10 colours; other rules get a stable tab20b colour by name."""
+    if method in COLORS:
+        return COLORS[method]
+    return plt.get_cmap("tab20b")(sum(ord(c) * (i + 1) for i, c in enumerate(method)) % 20)
 
 
 def _upper(values: list[float], floor: float = 5.0) -> float:
@@ -131,6 +134,41 @@ def search_histograms(studies: list[tuple[str, list[float]]], path: Path, quanti
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def alignment_grid(panels: list[tuple[str, dict[str, tuple[list[int], list[float]]],
+                                      dict[str, tuple[list[int], list[float]]]]], path: Path, title: str) -> Path:
+    """One panel per rule: each layer's update angle to backprop's gradient (solid) and, where the rule
+    has feedback weights, the angle between feedback and forward weights (dashed), by epoch, mean over
+    seeds. ``panels`` = (label, {layer: update-angle curve}, {layer: feedback-angle curve})."""
+    n = len(panels)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    colors = plt.get_cmap("viridis")
+    for ax, (label, updates, feedback) in zip(axes.flat, panels):
+        layers = list(dict.fromkeys([*updates, *feedback]))
+        for index, layer in enumerate(layers):
+            color = colors(index / max(len(layers) - 1, 1))
+            if layer in updates:
+                ax.plot(*updates[layer], "-", color=color, lw=1.3, label=layer)
+            if layer in feedback:
+                ax.plot(*feedback[layer], "--", color=color, lw=1.0)
+        ax.axhline(90, color="grey", lw=0.8, ls=":")
+        ax.set_ylim(0, 120)
+        ax.set_title(label, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2, loc="upper right")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: angle to backprop (degrees); update solid, feedback vs forward weights dashed",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bioprop.errors import BiopropError
 from bioprop.experiments import plots
+from bioprop.experiments.report_beyond import beyond_section
 from bioprop.experiments.reproduce import RECORD
 from bioprop.experiments.runs import Run, Stat, export_runs, group_runs, load_runs, stat
 from bioprop.presets import PRESETS, Preset, list_presets
@@ -339,6 +340,7 @@ def write_report(source: str | Path, out: str | Path | None = None, studies: lis
                                       ylim=(0, 5.0 if arch == "fc" else 3.0))
                 md += [f"![{dataset} {arch.upper()} on the axes of Figure 8]({figure8})", ""]
             md += [f"![{dataset} {arch.upper()} every seed]({grid})", ""]
+        md += beyond_section(dataset, by_preset, out)
         series = _aux_series(runs, dataset)
         if series:
             name = f"aux-sweep-{dataset}.png"

@@ -144,3 +144,25 @@ def mean_curve(runs: list[Run], key: str) -> tuple[list[int], list[float]]:
                 by_epoch.setdefault(int(row["epoch"]), []).append(float(value))
     epochs = sorted(by_epoch)
     return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
+
+
+def row_diagnostics(row: dict) -> dict[str, float]:
+    """An epoch row's diagnostics (per-epoch rules' diagnostics and alignment metrics): the row's own,
+    or, for multi-pass epochs, every pass's merged (later passes win: the forward pass comes last)."""
+    merged: dict[str, float] = {}
+    for part in row.get("passes", []):
+        merged.update(part.get("diagnostics", {}))
+    merged.update(row.get("diagnostics", {}))
+    return merged
+
+
+def diagnostic_curve(runs: list[Run], key: str) -> tuple[list[int], list[float]]:
+    """Epochs and the mean over runs of diagnostic ``key`` (e.g. ``update_angle/layer1``)."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for row in run.metrics:
+            value = row_diagnostics(row).get(key)
+            if value is not None and math.isfinite(float(value)):
+                by_epoch.setdefault(int(row["epoch"]), []).append(float(value))
+    epochs = sorted(by_epoch)
+    return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]

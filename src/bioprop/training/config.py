@@ -89,6 +89,7 @@ class TrainConfig:
     precision: str = "fp32"                # fp32, tf32 (CUDA matmuls), bf16 (autocast; fp32 master weights)
     optimizer_impl: str = "auto"           # Adam kernel: auto (fused where supported), fused, foreach, plain
     checkpoint_every: str | None = None    # also checkpoint within a pass: "N" steps or "Nmin" minutes
+    alignment_every: int = 0               # alignment with backprop every N steps (0: off), see training/alignment.py
 
     def validate(self) -> None:
         """Raises :class:`BiopropError` naming the first field that is wrong: a type, a range, an
@@ -107,6 +108,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             check_int(getattr(self, name), name, minimum=1)
         check_int(self.seed, "seed", minimum=0, maximum=MAX_SEED)
+        check_int(self.alignment_every, "alignment_every", minimum=0)
         for name in ("limit_batches", "limit_eval_batches", "train_eval_size"):
             check_int(getattr(self, name), name, minimum=1, optional=True)
         if not isinstance(self.device, str) or not re.fullmatch(DEVICE_PATTERN, self.device):

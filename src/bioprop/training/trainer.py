@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from bioprop.data import DataBundle, load_data
 from bioprop.errors import BiopropError
 from bioprop.models import create_model
+from bioprop.training import alignment
 from bioprop.rules import LearningRule, create_rule
 from bioprop.training import distributed, precision
 from bioprop.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_json, save_jsonl, save_torch
@@ -289,6 +290,8 @@ class Trainer:
                     self.optimizers[group].zero_grad(set_to_none=True)
                 with self.autocast():
                     step = rule.compute_gradients(x, y, groups)
+                if self._align_now(groups, state.step):
+                    step.diagnostics = {**step.diagnostics, **alignment.measure(rule, x, y)}
                 for group in groups:
                     self.parallel.average_gradients(parameters[group])
                     self.optimizers[group].step()
@@ -322,6 +325,11 @@ class Trainer:
         self._check_finite(first_bad_step, epoch, index)
         self._fold_sums(state, loss_sum, wrong)
         return self._pass_row(groups, state)
+
+    def _align_now(self, groups: tuple[str, ...], step: int) -> bool:
+        """Alignment metrics on this step? (``alignment_every``; passes training the forward weights; process 0)."""
+        every = self.config.alignment_every
+        return bool(every) and step % every == 0 and "forward" in groups and self.parallel.is_main
 
     def _checkpoint_due(self, step: int, last_save: float) -> bool:
         if self.checkpoint_every is None or self.out is None:
@@ -419,7 +427,7 @@ class Trainer:
         save_json({"config": self.config.to_dict(), **summarize(self.metrics)}, self.out / "results.json")
 
 
-_UNCOMPARED = ("epochs", "device", "checkpoint_every")
+_UNCOMPARED = ("epochs", "device", "checkpoint_every", "alignment_every")  # none changes the parameters
 
 
 def _comparable(config: dict) -> dict:
