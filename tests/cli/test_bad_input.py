@@ -69,9 +69,10 @@ TRAIN_CASES = [
     # out-of-range numbers
     (TRAIN + ["--lr", "-0.1"], "forward optimiser: learning rate must be > 0, got -0.1"),
     (TRAIN + ["--lr=0"], "forward optimiser: learning rate must be > 0, got 0.0"),
-    (TRAIN + ["--inverse-lr", "-1"], "inverse optimiser: learning rate must be > 0"),
+    (TRAIN + ["--rule", "dtp", "--inverse-lr", "-1"], "inverse optimiser: learning rate must be > 0"),
+    (TRAIN + ["--inverse-lr", "0.1"], "--inverse-lr: rule 'bp' has no 'inverse' parameter group"),
     (TRAIN + ["--beta1", "1"], "forward optimiser: beta1 must be in [0, 1), got 1.0"),
-    (TRAIN + ["--inverse-beta2", "1.5"], "inverse optimiser: beta2 must be in [0, 1), got 1.5"),
+    (TRAIN + ["--rule", "sdtp", "--inverse-beta2", "1.5"], "inverse optimiser: beta2 must be in [0, 1), got 1.5"),
     (TRAIN + ["--eps", "0"], "forward optimiser: eps must be > 0, got 0.0"),
     (TRAIN + ["--rule", "dtp", "--noise", "-0.1"], "rule 'dtp': noise must be a finite number >= 0, got -0.1"),
     (TRAIN + ["--rule", "dtp", "--alpha", "0"], "rule 'dtp': alpha must be a finite number > 0, got 0.0"),

@@ -167,6 +167,10 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
     for group in ("forward", *other_groups()):
         prefix = "" if group == "forward" else f"{group}_"
         given = {flag: getattr(args, prefix + flag) for flag in ADAM_FLAGS if getattr(args, prefix + flag) is not None}
+        if given and group not in RULES.get(config.rule).groups:
+            flags = ", ".join(f"--{prefix + flag}".replace("_", "-") for flag in given)
+            raise BiopropError(f"{flags}: rule {config.rule!r} has no {group!r} parameter group (its groups: "
+                               f"{', '.join(RULES.get(config.rule).groups)})")
         if given or group not in config.optimizers and group == "forward":
             config.optimizers[group] = dataclasses.replace(config.optimizers.get(group, AdamConfig()), **given)
     for option in rule_option_fields():
