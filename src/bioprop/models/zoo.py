@@ -102,23 +102,39 @@ _lc_twins("imagenet", (3, 224, 224),
 
 def model_factory(name: str):
     """The builder of model ``name``: a registered name (``mnist-fc``), or an import path
-    ``package.module:function`` naming a function (or class) that returns any ``nn.Module`` mapping
+    ``package.module:function`` (or a file, ``path/to/models.py:function``) naming a function (or
+    class) that returns any ``nn.Module`` mapping
     ``(N, C, H, W)`` images to ``(N, classes)`` logits: a user's own ResNet, say. Such a module may
     declare ``input_shape`` and ``num_classes`` attributes, which the trainer checks against the data."""
     if isinstance(name, str) and ":" in name and name not in MODELS:
-        import importlib
-
-        module_name, _, attribute = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise BiopropError(f"model {name!r}: cannot import module {module_name!r} ({error}); expected "
-                               f"a registered model name or an import path package.module:function") from None
+        module_name, _, attribute = name.rpartition(":")
+        module = _import(module_name, name)
         builder = getattr(module, attribute, None)
         if not callable(builder):
             raise BiopropError(f"model {name!r}: module {module_name!r} has no function or class {attribute!r}")
         return builder
     return MODELS.get(name)
+
+
+def _import(module_name: str, name: str):
+    """The module ``package.module``, or the Python file ``path/to/file.py``."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise ImportError(f"no file {module_name}")
+            spec = importlib.util.spec_from_file_location(f"bioprop_user_model_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise BiopropError(f"model {name!r}: cannot import {module_name!r} ({error}); expected a registered "
+                           f"model name, an import path package.module:function or a file path/to/file.py:function") from None
 
 
 def create_model(name: str) -> nn.Module:

@@ -44,9 +44,12 @@ from torch import nn
 from bioprop.checks import check_bool, check_choice, check_int, check_number, suggest
 from bioprop.errors import BiopropError
 from bioprop.models import Network
+from bioprop.nn import LocallyConnected2d
 from bioprop.registry import Registry
 
 RULES: Registry = Registry("learning rule")
+#: the layer types whose weights alignment metrics report on a user's own module
+AFFINE_LAYERS = (nn.Linear, nn.Conv2d, LocallyConnected2d)
 
 
 def register_rule(name: str):
@@ -160,7 +163,10 @@ class LearningRule(nn.Module):
     def layer_weights(self) -> dict[str, nn.Parameter]:
         """The forward weight of every affine layer, by layer name: ``layer1`` .. ``layerL`` for a
         :class:`~bioprop.models.Network` (as in the diagnostics), module names for other models."""
-        return {f"layer{index + 1}": layer.weight for index, layer in enumerate(self.model.layers)}
+        if isinstance(self.model, Network):
+            return {f"layer{index + 1}": layer.weight for index, layer in enumerate(self.model.layers)}
+        return {name: module.weight for name, module in self.model.named_modules()
+                if isinstance(module, AFFINE_LAYERS) and isinstance(getattr(module, "weight", None), nn.Parameter)}
 
     def feedback_pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{layer name: (W, B)}`` for the layers whose error is carried back by a feedback weight B of

@@ -8,7 +8,7 @@ batch-mean cross-entropy.
 
 from __future__ import annotations
 
-from bioprop.rules.base import LearningRule, StepResult, register_rule, task_loss
+from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options, task_loss
 
 
 @register_rule("bp")
@@ -18,3 +18,9 @@ class Backprop(LearningRule):
         loss = task_loss(logits, y)
         loss.backward()
         return StepResult(loss.detach(), logits.detach())
+
+    @classmethod
+    def wrap(cls, module, seed=0, **options):
+        """Backprop on any module is autograd itself: the module is returned unchanged."""
+        rule_options(cls.name, **options)
+        return module
