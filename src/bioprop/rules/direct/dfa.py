@@ -18,39 +18,210 @@ layer only (after TinyDFA, Launay et al. 2020).
 Implementation: the graph is cut between blocks (each block sees a detached input), so a
 single backward call pushes the true gradient into the output block and ``B_l e`` into each
 hidden block's output; autograd then applies ``f'(a_l)`` and forms the local weight gradients.
+
+Any ``nn.Module`` (``bioprop.wrap(net, rule="dfa", deliver_at=["layer1", "layer2"])``, or the
+``deliver_at`` option with ``--model package.module:function``): the outputs of the named
+submodules (names as in ``named_modules()``, ordered as there) are the delivery points. Forward
+hooks cut the graph at each (the computation above sees the output detached) and pass the
+module's output through an identity autograd function whose backward receives
+``e = dL/dlogits`` of *whatever loss* is back-propagated and returns ``e`` to the layers above
+the last delivery point (their true gradient) and ``B_k e`` to delivery point k. Everything
+inside a segment (batch norm, pooling, skip connections within it) is ordinary autograd.
+``wrap`` returns the rule: an ``nn.Module`` whose ``forward`` is the module's (the hooks sit on the
+module itself, so calling it directly is DFA too), whose parameters are the module's and whose
+``state_dict`` adds ``feedback_matrix`` to the module's (``model.*``); ``.to()`` moves it. ``M`` is
+drawn from the seed at construction when the module declares ``input_shape`` (or ``example_input``
+is given to ``wrap``): one probe forward in eval mode; otherwise at the first forward with
+gradients, on the logits' device (``load_state_dict`` works before it). Window k belongs to the
+k-th delivery point in ``named_modules()`` order. Restrictions, refused by name: the output must
+be ``(N, classes)`` logits; every delivery point must run exactly once per forward and return a
+tensor; no tensor computed below a delivery point may be used above it (a skip connection
+crossing it, checked on the first forward: deliver at the whole residual block's output
+instead). Not checked: an in-place op directly on a delivery point's output (it shares storage
+with the cut copy; autograd may then raise). Forwards under ``torch.no_grad()`` and inside
+:meth:`true_backprop` are plain.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
-from bioprop.rules.base import LearningRule, StepResult, register_rule, task_loss
+from bioprop.checks import suggest
+from bioprop.errors import BiopropError
+from bioprop.models import Network
+from bioprop.nn import LocallyConnected2d
+from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options, task_loss
+
+
+class _Deliver(torch.autograd.Function):
+    """Identity on the logits; backward sends ``e`` on and ``B_k e`` into each delivery output."""
+
+    @staticmethod
+    def forward(ctx, rule, logits, *hidden):
+        ctx.rule, ctx.shapes = rule, [(h.shape, h.dtype) for h in hidden]
+        return logits.clone()
+
+    @staticmethod
+    def backward(ctx, error):
+        signals = [ctx.rule.project_error(error, k).reshape(shape).to(dtype)
+                   for k, (shape, dtype) in enumerate(ctx.shapes)]
+        return (None, error, *signals)
 
 
 @register_rule("dfa")
 class DirectFeedbackAlignment(LearningRule):
-    def __init__(self, model, options=None, seed=0):
-        super().__init__(model, options, seed)
-        classes = model.num_classes
-        self.hidden_sizes = _hidden_sizes(model)
-        rows = classes + max(len(self.hidden_sizes) - 1, 0)
-        sample = torch.rand(rows, max(self.hidden_sizes, default=1), generator=self.layer_generator(0))
-        self.register_buffer("feedback_matrix", 2 * sample - 1)
+    @dataclass
+    class Options:
+        deliver_at: str = field(default="", metadata={"help": (
+            "comma-separated submodule names (as in named_modules()) whose outputs receive the projected "
+            "error; empty: every hidden block of a bioprop Network (required for any other model)")})
 
+    def __init__(self, model, options=None, seed=0, example_input=None):
+        super().__init__(model, options, seed)
+        self.generic = not isinstance(model, Network) or bool(self.options.deliver_at.strip())
+        if not self.generic:
+            self.num_classes = model.num_classes
+            self.hidden_sizes = _hidden_sizes(model)
+            rows = self.num_classes + max(len(self.hidden_sizes) - 1, 0)
+            sample = torch.rand(rows, max(self.hidden_sizes, default=1), generator=self.layer_generator(0))
+            self.register_buffer("feedback_matrix", 2 * sample - 1)
+            return
+        self.delivery_names = _delivery_names(model, self.options.deliver_at)
+        self.register_buffer("feedback_matrix", None)  # drawn once the shapes are known
+        self._register_load_state_dict_pre_hook(self._materialise)
+        self._bypass, self._checked, self._outputs = False, False, []
+        modules = dict(model.named_modules())
+        for index, name in enumerate(self.delivery_names):
+            modules[name].register_forward_hook(functools.partial(self._cut_hook, index))  # deepcopy-safe
+        model.register_forward_pre_hook(self._clear_hook)
+        model.register_forward_hook(self._output_hook)
+        if example_input is None and hasattr(model, "input_shape"):
+            reference = next(model.parameters(), torch.empty(0))
+            example_input = torch.zeros(2, *model.input_shape, dtype=reference.dtype, device=reference.device)
+        if example_input is not None:
+            self._probe(example_input)
+
+    @classmethod
+    def wrap(cls, module, seed=0, example_input=None, **options):
+        """The rule around ``module`` (``.model``); calling either gives logits whose backward is DFA's.
+        ``deliver_at`` may be a list of names or a comma-separated string."""
+        if not isinstance(options.get("deliver_at", ""), str):
+            options["deliver_at"] = ",".join(options["deliver_at"])
+        return cls(module, rule_options(cls.name, **options), seed=seed, example_input=example_input)
+
+    # -- the feedback matrices --------------------------------------------------------------
     def feedback_weight(self, index: int) -> torch.Tensor:
         """``B_l`` (classes x units) for hidden layer ``index``, already scaled: a view plus a scale."""
-        classes, units = self.model.num_classes, self.hidden_sizes[index]
+        classes, units = self.num_classes, self.hidden_sizes[index]
         return self.feedback_matrix[index: index + classes, :units] * math.sqrt(6.0 / (classes + units))
 
     def project_error(self, error: torch.Tensor, index: int) -> torch.Tensor:
         """``B_l e`` for a batch of output errors ``(N, classes)`` -> ``(N, units_l)``."""
-        classes, units = self.model.num_classes, self.hidden_sizes[index]
-        window = self.feedback_matrix[index: index + classes, :units]
+        classes, units = self.num_classes, self.hidden_sizes[index]
+        window = self.feedback_matrix[index: index + classes, :units].to(error.dtype)
         return error.mm(window) * math.sqrt(6.0 / (classes + units))
 
+    def _allocate(self, logits: torch.Tensor, hidden: list[torch.Tensor]) -> None:
+        """Reads the shapes; draws ``M`` the first time, afterwards checks it fits them."""
+        self.num_classes, self.hidden_sizes = logits.shape[1], [h[0].numel() for h in hidden]
+        shape = (self.num_classes + len(hidden) - 1, max(self.hidden_sizes))
+        if self.feedback_matrix is None:
+            sample = torch.rand(shape, generator=self.layer_generator(0))
+            self.feedback_matrix = (2 * sample - 1).to(logits.device)
+        elif tuple(self.feedback_matrix.shape) != shape:
+            raise BiopropError(f"dfa: the feedback matrix is {tuple(self.feedback_matrix.shape)}, but this "
+                               f"module's {self.num_classes} classes and delivery points of {self.hidden_sizes} "
+                               f"units need {shape}")
+
+    def _materialise(self, state_dict, prefix, *args):
+        stored = state_dict.get(prefix + "feedback_matrix")
+        if self.feedback_matrix is None and stored is not None:
+            device = next(self.model.parameters(), stored).device
+            self.feedback_matrix = torch.empty(stored.shape, dtype=stored.dtype, device=device)
+
+    # -- the hooks ------------------------------------------------------------------------
+    def _active(self) -> bool:
+        return self.generic and not self._bypass and torch.is_grad_enabled()
+
+    def _clear_hook(self, module, args):
+        self._outputs.clear()
+
+    def _cut_hook(self, index, module, args, output):
+        if not self._active():
+            return None
+        name = self.delivery_names[index]
+        if not isinstance(output, torch.Tensor):
+            raise BiopropError(f"dfa: delivery point {name!r} returned {type(output).__name__}, not a tensor")
+        if any(k == index for k, _ in self._outputs):
+            raise BiopropError(f"dfa: delivery point {name!r} ran twice in one forward pass (a shared module); "
+                               f"deliver at a module that runs once")
+        self._outputs.append((index, output))
+        return output.detach()
+
+    def _output_hook(self, module, args, logits):
+        if not self._active():
+            return None
+        fired = dict(self._outputs)
+        missing = [name for k, name in enumerate(self.delivery_names) if k not in fired]
+        if missing:
+            raise BiopropError(f"dfa: delivery point(s) {', '.join(map(repr, missing))} did not run in this "
+                               f"forward pass")
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise BiopropError(f"dfa: {type(module).__name__} must return (N, classes) logits, got "
+                               f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+        if not logits.requires_grad:
+            raise BiopropError(f"dfa: the logits of {type(module).__name__} depend on no parameter above the last "
+                               f"delivery point {self.delivery_names[-1]!r}; deliver below the output layer")
+        if not self._checked:
+            self._check_no_crossing([output for _, output in self._outputs], logits,
+                                    [self.delivery_names[k] for k, _ in self._outputs])
+            self._checked = True
+        hidden = [fired[k] for k in range(len(self.delivery_names))]
+        self._allocate(logits, hidden)
+        self._outputs.clear()
+        return _Deliver.apply(self, logits, *hidden)
+
+    @staticmethod
+    def _check_no_crossing(hidden, logits, names) -> None:
+        """Refuses a graph node reachable from two segments' outputs (a skip over a delivery point)."""
+        owner = {}
+        for segment, tensor in enumerate([*hidden, logits]):
+            stack, seen = [tensor.grad_fn], set()
+            while stack:
+                node = stack.pop()
+                if node is None or node in seen or type(node).__name__ == "AccumulateGrad":
+                    continue
+                seen.add(node)
+                lower = owner.setdefault(node, segment)
+                if lower != segment:
+                    raise BiopropError(f"dfa: a tensor computed below delivery point {names[lower]!r} is also used "
+                                       f"above it (a skip connection crossing it); deliver at the output of the "
+                                       f"whole residual block instead")
+                stack.extend(next_node for next_node, _ in node.next_functions)
+
+    def _probe(self, example_input: torch.Tensor) -> None:
+        modes = {module: module.training for module in self.model.modules()}
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                self.model(example_input)
+        finally:
+            for module, training in modes.items():
+                module.training = training
+
+    # -- the interface ----------------------------------------------------------------------
     def compute_gradients(self, x, y, groups):
+        if self.generic:
+            logits = self.model(x)
+            loss = task_loss(logits, y)
+            loss.backward()
+            return StepResult(loss.detach(), logits.detach())
         hidden = []
         for block in self.model.blocks[:-1]:
             x = block(x)
@@ -62,6 +233,36 @@ class DirectFeedbackAlignment(LearningRule):
         signals = [self.project_error(error, i).view_as(h) for i, h in enumerate(hidden)]
         torch.autograd.backward([loss, *hidden], [torch.ones_like(loss), *signals])
         return StepResult(loss.detach(), logits.detach())
+
+    def layer_weights(self):
+        if isinstance(self.model, Network):
+            return super().layer_weights()
+        return {name: module.weight for name, module in self.model.named_modules()
+                if isinstance(module, (nn.Linear, nn.Conv2d, LocallyConnected2d))}
+
+    @contextmanager
+    def true_backprop(self):
+        previous, self._bypass = getattr(self, "_bypass", False), True
+        try:
+            yield
+        finally:
+            self._bypass = previous
+
+
+def _delivery_names(model: nn.Module, deliver_at: str) -> list[str]:
+    """The requested names, checked against ``model.named_modules()`` and put in its order."""
+    known = [name for name, _ in model.named_modules() if name]
+    listing = ", ".join(known[:30]) + (f", ... ({len(known)} in all)" if len(known) > 30 else "")
+    requested = [name.strip() for name in deliver_at.split(",") if name.strip()]
+    kind = type(model).__name__
+    if not requested:
+        raise BiopropError(f"dfa on a {kind} needs deliver_at: the submodules whose outputs receive the projected "
+                           f"error, e.g. deliver_at={known[:2]} (its submodules: {listing or 'none'})")
+    for name in requested:
+        if name not in known:
+            raise BiopropError(f"dfa: {kind} has no submodule {name!r}{suggest(name, known)} "
+                               f"(its submodules: {listing or 'none'})")
+    return [name for name in known if name in requested]
 
 
 def _hidden_sizes(model) -> list[int]:

@@ -1,13 +1,16 @@
-"""Shared machinery of the target-propagation family (TP, DTP, SDTP, AO-SDTP).
+"""Shared machinery of the target-propagation family (TP, DTP, SDTP, AO-SDTP; DRL, L-DRL and the
+BP/DTP hybrid in :mod:`~bioprop.rules.target_prop.drl` and :mod:`~bioprop.rules.target_prop.hybrid`).
 
 Every rule of the family trains each block on *local* losses only (Bartunov et al. 2018, §2.1):
 
 * forward loss of hidden block l:   ½ ||f_l(h_{l-1}) - ĥ_l||²   (ĥ_l and h_{l-1} held constant);
 * output block L:                    the batch-mean cross-entropy (the delta rule; its input is
-                                     held constant, so no gradient reaches block L-1);
+                                     held constant, so no gradient reaches block L-1;
+                                     hook :meth:`TargetPropagationRule.output_loss`);
 * inverse loss of block l (l >= 2):  ½ ||r - g_l(f_l(h̃_{l-1}))||²,  h̃_{l-1} = h_{l-1} + σ ε,
                                      r = h̃_{l-1} (noise-preserving) or h_{l-1} (denoising);
-                                     f_l is evaluated without a graph, so only g_l learns from it.
+                                     f_l is evaluated without a graph, so only g_l learns from it
+                                     (DRL and L-DRL override :meth:`TargetPropagationRule.inverse_losses`).
 
 All squared norms are summed over units and averaged over the batch. The rules differ only in
 the targets ĥ_l (:meth:`TargetPropagationRule.penultimate_target` and
@@ -50,8 +53,9 @@ from torch import nn
 
 from bioprop.checks import check_int, check_number
 from bioprop.errors import BiopropError
+from bioprop.models import Network
 from bioprop.rules.base import LearningRule, StepResult, task_loss
-from bioprop.rules.target_prop.inverses import OutputInverse, build_inverse, fast_tanh
+from bioprop.rules.target_prop.inverses import OutputInverse, _inverse_class, build_inverse, fast_tanh
 
 SCHEDULES = ("parallel", "alternating")
 INVERSE_LOSSES = ("noise-preserving", "denoising")
@@ -149,19 +153,39 @@ class TargetPropagationRule(LearningRule):
 
     def __init__(self, model, options=None, seed=0):
         super().__init__(model, options, seed)  # checks the options
+        self.check_network(model)
         blocks = model.blocks
-        if len(blocks) < 2:
-            raise BiopropError(f"rule {self.name!r} needs a network with at least one hidden layer")
-        if not isinstance(blocks[-1].layer, nn.Linear):
-            raise BiopropError(f"rule {self.name!r} needs a fully-connected output layer")
         self.shapes = output_shapes(model)
         self.inverses = nn.ModuleDict()
         for index in range(1, len(blocks) - 1):
             self.inverses[self.layer_name(index)] = build_inverse(blocks[index], self.shapes[index - 1])
         if self.has_output_inverse:
-            self.inverses[self.layer_name(len(blocks) - 1)] = OutputInverse(
-                self.output_feature_count(), self.shapes[-2], blocks[-1].layer.weight)
+            self.inverses[self.layer_name(len(blocks) - 1)] = self.build_output_inverse()
         self.batches_seen = 0
+
+    def check_network(self, model) -> None:
+        """Refuses, naming the rule (and the layer type), a model the family cannot train: not a
+        bioprop :class:`~bioprop.models.Network`, no hidden layer, a hidden layer type without a
+        learned inverse (:mod:`~bioprop.rules.target_prop.inverses`), a non-linear output layer."""
+        if not isinstance(model, Network):
+            raise BiopropError(f"rule {self.name!r} needs a bioprop Network (a stack of blocks, e.g. --model "
+                               f"mnist-fc), got {type(model).__name__}")
+        blocks = model.blocks
+        if len(blocks) < 2:
+            raise BiopropError(f"rule {self.name!r} needs a network with at least one hidden layer")
+        supported = ", ".join(kind.__name__ for kind in _inverse_class.registry if kind is not object)
+        for index, block in enumerate(blocks[:-1]):
+            if _inverse_class.dispatch(type(block.layer)) is _inverse_class.registry[object]:
+                raise BiopropError(f"rule {self.name!r} has no inverse for layer type {type(block.layer).__name__} "
+                                   f"({self.layer_name(index)}); target propagation supports: {supported}")
+        if not isinstance(blocks[-1].layer, nn.Linear):
+            raise BiopropError(f"rule {self.name!r} needs a fully-connected output layer, got layer type "
+                               f"{type(blocks[-1].layer).__name__}")
+
+    def build_output_inverse(self) -> nn.Module:
+        """The inverse of the output block (rules with ``has_output_inverse``); default: from the class
+        probabilities (and auxiliary features) to h_{L-1}, :class:`OutputInverse`."""
+        return OutputInverse(self.output_feature_count(), self.shapes[-2], self.model.blocks[-1].layer.weight)
 
     # -- options -----------------------------------------------------------------------
     @classmethod
@@ -293,6 +317,17 @@ class TargetPropagationRule(LearningRule):
                 hidden.append(x)
         return hidden
 
+    @torch.no_grad()
+    def block_without_graph(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """f_l(x) = block(x) of the 0-based block ``index``, without a graph, with the faster tanh."""
+        block = self.model.blocks[index]
+        above = block.layer(block.prepare(x))
+        return fast_tanh(above) if block.activation == "tanh" else above
+
+    def output_loss(self, logits: torch.Tensor, h: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """The output block's local loss; default: the batch-mean cross-entropy (the delta rule)."""
+        return task_loss(logits, y)
+
     def inverse_losses(self, h: list[torch.Tensor]) -> dict[int, torch.Tensor]:
         sigma, preserving = float(self.options.noise), self.inverse_loss_kind == "noise-preserving"
         last = len(h) - 1
@@ -301,10 +336,7 @@ class TargetPropagationRule(LearningRule):
             clean = h[index - 1]
             noisy = clean + self.noise_like(clean, sigma) if sigma > 0 else clean
             with torch.no_grad():
-                block = self.model.blocks[index]
-                above = block.layer(block.prepare(noisy))  # f_l(h̃) = block(h̃), with the faster tanh
-                if block.activation == "tanh":
-                    above = fast_tanh(above)
+                above = self.block_without_graph(index, noisy)
                 if index == last:
                     above = self.output_features(noisy, above)
             losses[index] = squared_error(self.inverse(index)(above), noisy if preserving else clean)
@@ -319,10 +351,8 @@ class TargetPropagationRule(LearningRule):
         if forward:
             for index, target in enumerate(target_list):
                 forward_losses[index] = squared_error(hidden[index], target)
-            forward_losses[len(h) - 1] = task_loss(hidden[-1], y)
-            loss = forward_losses[len(h) - 1].detach()
-        else:
-            loss = task_loss(h[-1], y)
+            forward_losses[len(h) - 1] = self.output_loss(hidden[-1], h, y)
+        loss = task_loss(h[-1], y)
         inverse_losses = self.inverse_losses(h) if inverse else {}
         return LocalLosses(forward_losses, inverse_losses, h, target_list, loss)
 
