@@ -9,6 +9,9 @@ Learning rules never special-case layer types: they ask :func:`affine_ops` for a
 * ``parameter_grads(x, grad, bias)``    ``(dL/dW, dL/db)`` given ``grad = dL/da``;
 * ``add_bias(a, bias)``.
 
+Supported: ``nn.Linear`` (2-D inputs), :class:`~bioprop.models.Conv2dSame`, any ``nn.Conv2d`` and
+:class:`~bioprop.nn.LocallyConnected2d`.
+
 Feedback alignment calls ``input_grad`` with a feedback weight ``B`` in place of ``W``; target
 propagation builds a layer's inverse from ``input_grad`` with free weights of the forward
 weight's shape (a transposed linear, convolution or LC map). ``x`` is the layer's input after
@@ -60,6 +63,10 @@ class AffineOps:
         out_features, in_features = self.layer.weight.shape
         return in_features, out_features
 
+    def positions_per_weight(self, pre_activation: torch.Tensor) -> int:
+        """How many output positions of one example share each weight (a convolution's map size; 1 otherwise)."""
+        return 1
+
 
 class ConvOps(AffineOps):
     """Primitives of :class:`~bioprop.models.Conv2dSame`: SAME padding, then an unpadded strided convolution."""
@@ -97,6 +104,45 @@ class ConvOps(AffineOps):
         out_channels, in_channels, kernel_h, kernel_w = self.layer.weight.shape
         return in_channels * kernel_h * kernel_w, out_channels * kernel_h * kernel_w
 
+    def positions_per_weight(self, pre_activation):
+        return pre_activation.shape[-2] * pre_activation.shape[-1]
+
+
+class Conv2dOps(ConvOps):
+    """Primitives of any ``nn.Conv2d``: padding (numbers, ``"same"``/``"valid"``, any ``padding_mode``),
+    stride, dilation and groups. Zero numeric padding goes to the convolution itself; string padding
+    and non-zero padding modes are applied by :meth:`prepare`, as ``nn.Conv2d`` itself does."""
+
+    def __init__(self, layer: nn.Conv2d):
+        super().__init__(layer)
+        explicit = isinstance(layer.padding, str) or layer.padding_mode != "zeros"
+        self.pre_pad = tuple(layer._reversed_padding_repeated_twice) if explicit else None
+        self.padding = [0, 0] if explicit else list(layer.padding)
+
+    def prepare(self, x):
+        if self.pre_pad is None or not any(self.pre_pad):
+            return x
+        mode = "constant" if self.layer.padding_mode == "zeros" else self.layer.padding_mode
+        return F.pad(x, self.pre_pad, mode=mode)
+
+    def forward(self, x, weight):
+        layer = self.layer
+        return F.conv2d(x, weight, None, layer.stride, self.padding, layer.dilation, layer.groups)
+
+    def _backward(self, grad, x, weight, bias, mask):
+        layer = self.layer
+        bias_sizes = None if bias is None else list(bias.shape)
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, bias_sizes, list(layer.stride), self.padding, list(layer.dilation), False, [0, 0],
+            layer.groups, mask)
+
+    def transpose(self, y, weight, x_shape):
+        layer = self.layer
+        output_padding = [x_shape[-2 + i] - ((y.shape[-2 + i] - 1) * layer.stride[i] - 2 * self.padding[i]
+                                             + layer.dilation[i] * (weight.shape[-2 + i] - 1) + 1) for i in range(2)]
+        return F.conv_transpose2d(y, weight, None, layer.stride, self.padding, output_padding, layer.groups,
+                                  layer.dilation)
+
 
 class LocallyConnectedOps(AffineOps):
     """Primitives of :class:`~bioprop.nn.LocallyConnected2d` (its own fast kernels)."""
@@ -132,9 +178,7 @@ def _(layer: nn.Linear) -> AffineOps:
 
 @affine_ops.register
 def _(layer: nn.Conv2d) -> AffineOps:
-    if not hasattr(layer, "pad"):
-        raise TypeError("only bioprop.models.Conv2dSame convolutions are supported (SAME padding, no dilation/groups)")
-    return ConvOps(layer)
+    return ConvOps(layer) if hasattr(layer, "pad") else Conv2dOps(layer)  # Conv2dSame pads itself
 
 
 @affine_ops.register
