@@ -92,3 +92,23 @@ def test_report_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no runs" in capsys.readouterr().err
+
+
+def test_report_puts_rules_beyond_the_paper_beside_the_paper_and_plots_alignment(tmp_path):
+    root = tmp_path / "runs"
+    fake_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [5.0, 2.0], [5.0, 1.0])
+    fake_run(root, "mnist-fc-kp", "mnist-fc-kp", 0, [6.0, 3.0], [6.0, 2.0])
+    metrics = root / "mnist-fc-kp" / "seed0" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for row, angle in zip(rows, (80.0, 40.0)):
+        row["diagnostics"] = {"update_angle/layer1": angle, "update_angle/layer2": 0.0,
+                              "feedback_angle/layer2": angle + 5}
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(root).read_text()
+    section = text.split("### Every rule, the paper's and those beyond it")[1].split("###")[0]
+    assert "| FC | BP (paper) | 2.00 |" in section
+    assert "| FC | KP | 3.00 | 3.00 |" in section and "| 40/0 |" in section  # last epoch's angles by layer
+    assert (root / "alignment-mnist-fc.png").stat().st_size > 1000
+    assert (root / "curves-mnist-fc-every-rule.png").is_file()
+    paper_table = text.split("### Against the paper")[1].split("###")[0]
+    assert "KP" not in paper_table  # the paper's tables hold the paper's cells only

@@ -155,9 +155,9 @@ def alignment_grid(panels: list[tuple[str, dict[str, tuple[list[int], list[float
         for index, layer in enumerate(layers):
             color = colors(index / max(len(layers) - 1, 1))
             if layer in updates:
-                ax.plot(*updates[layer], "-", color=color, lw=1.3, label=layer)
+                ax.plot(*updates[layer], "-", marker="o", ms=2.5, color=color, lw=1.3, label=layer)
             if layer in feedback:
-                ax.plot(*feedback[layer], "--", color=color, lw=1.0)
+                ax.plot(*feedback[layer], "--", marker="x", ms=2.5, color=color, lw=1.0)
         ax.axhline(90, color="grey", lw=0.8, ls=":")
         ax.set_ylim(0, 120)
         ax.set_title(label, fontsize=9)

@@ -54,7 +54,8 @@ def _runs_by_preset(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _cell_presets(dataset: str) -> dict[tuple[str, str], Preset]:
-    return {(p.cell.arch, p.cell.method): p for p in list_presets() if p.dataset == dataset}
+    """The paper's cells of ``dataset`` (the rules beyond the paper have their own section)."""
+    return {(p.cell.arch, p.cell.method): p for p in list_presets() if p.dataset == dataset and not p.beyond}
 
 
 def _error_table(dataset: str, by_preset: dict[str, list[Run]], key: str, paper_key: str) -> list[str]:
