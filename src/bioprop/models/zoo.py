@@ -18,15 +18,13 @@ imagenet-lc    LC(9,48,4) LC(3,48,2) LC(5,96,1) LC(3,96,2) LC(3,192,1) LC(3,192,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
+from bioprop.errors import BiopropError
 from bioprop.models.network import Block, Conv2dSame, Network
 from bioprop.nn import LocallyConnected2d
-from bioprop.errors import BiopropError
 from bioprop.registry import Registry
 
 MODELS: Registry = Registry("model")

@@ -48,7 +48,7 @@ from bioprop.nn import LocallyConnected2d
 from bioprop.registry import Registry
 
 RULES: Registry = Registry("learning rule")
-#: the layer types whose weights alignment metrics report on a user's own module
+#: the affine layer types: those the feedback rules wrap, and whose weights alignment metrics report
 AFFINE_LAYERS = (nn.Linear, nn.Conv2d, LocallyConnected2d)
 
 

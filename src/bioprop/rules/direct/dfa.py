@@ -55,7 +55,6 @@ from torch import nn
 from bioprop.checks import suggest
 from bioprop.errors import BiopropError
 from bioprop.models import Network
-from bioprop.nn import LocallyConnected2d
 from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options, task_loss
 
 
@@ -233,12 +232,6 @@ class DirectFeedbackAlignment(LearningRule):
         signals = [self.project_error(error, i).view_as(h) for i, h in enumerate(hidden)]
         torch.autograd.backward([loss, *hidden], [torch.ones_like(loss), *signals])
         return StepResult(loss.detach(), logits.detach())
-
-    def layer_weights(self):
-        if isinstance(self.model, Network):
-            return super().layer_weights()
-        return {name: module.weight for name, module in self.model.named_modules()
-                if isinstance(module, (nn.Linear, nn.Conv2d, LocallyConnected2d))}
 
     @contextmanager
     def true_backprop(self):

@@ -43,12 +43,10 @@ from torch import nn
 
 from bioprop.errors import BiopropError
 from bioprop.models import Network
-from bioprop.nn import LocallyConnected2d
 from bioprop.nn.affine import AffineOps, affine_ops
-from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options, task_loss
+from bioprop.rules.base import (AFFINE_LAYERS, LearningRule, StepResult, register_rule, rule_options,
+                                task_loss)
 
-#: the layer types whose backward pass the feedback-weight rules replace
-AFFINE_LAYERS = (nn.Linear, nn.Conv2d, LocallyConnected2d)
 
 
 class FeedbackAffine(torch.autograd.Function):
