@@ -5,12 +5,14 @@ The fast set (every rule on mnist-fc and mnist-lc) runs in CI; the rest is ``slo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from bioprop.cli import main
 from bioprop.models import list_models
 from bioprop.rules import list_rules
+from bioprop.rules.base import wrappable_rules
 
 FAST_MODELS = ["mnist-fc", "mnist-lc"]
 SLOW_MODELS = [m for m in list_models() if m not in FAST_MODELS]
@@ -51,3 +53,27 @@ def test_every_rule_trains_on_the_mnist_networks(rule, model, request, tmp_path)
 @pytest.mark.parametrize("rule", list_rules())
 def test_every_rule_trains_on_every_other_network(rule, model, request, tmp_path):
     _train(rule, model, request, tmp_path)
+
+
+RESNET = str(Path(__file__).resolve().parents[2] / "examples" / "small_resnet.py") + ":small_resnet"
+
+
+@pytest.mark.parametrize("rule", wrappable_rules())
+def test_every_wrappable_rule_trains_a_users_resnet_from_the_cli(rule, cifar_dir, tmp_path):
+    """A user's own model by file path (batch norm, skips, pooling), trained by `bioprop train`."""
+    out = tmp_path / "run"
+    extra = ["--deliver-at", "stem,stage1"] if rule == "dfa" else []
+    argv = ["train", "--model", RESNET, "--rule", rule, "--data", "cifar10", "--data-dir", str(cifar_dir),
+            "--no-verify", "--val-size", "20", "--batch-size", "4", "--eval-batch-size", "10", *TINY, *extra,
+            "--out", str(out)]
+    assert main(argv) == 0, argv
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["diagnostics"]["update_angle/head"] == pytest.approx(0.0, abs=1e-3)  # the last layer: true gradient
+    assert {"update_angle/stem.0", "update_angle/stage2.skip.0"} <= set(row["diagnostics"])
+
+
+def test_target_propagation_refuses_a_users_module_by_name(cifar_dir, capsys):
+    argv = ["train", "--model", RESNET, "--rule", "dtp", "--data", "cifar10", "--data-dir", str(cifar_dir),
+            "--no-verify", "--val-size", "20", *TINY]
+    assert main(argv) == 2
+    assert "dtp" in capsys.readouterr().err
