@@ -30,7 +30,9 @@ def test_preset_builds_a_valid_config(name):
     assert config.rule in RULES, f"rule {config.rule!r} is not registered"
     accepted = {f.name for f in dataclasses.fields(RULES.get(config.rule).Options)}
     assert set(config.rule_options) <= accepted
-    groups = {"forward", "inverse"} if config.rule in ("tp", "dtp", "sdtp", "ao-sdtp") else {"forward"}
+    # the Table 5 settings go to the groups the rule has (the inverse column to an "inverse" group);
+    # groups without settings here follow another group or take Adam's defaults
+    groups = {"forward", "inverse"} & set(RULES.get(config.rule).groups)
     assert set(config.optimizers) == groups
     assert config.epochs == paper.EPOCHS and config.batch_size == paper.BATCH_SIZE
     # the paper's numbers are there (Fashion-MNIST has no paper column)
@@ -39,7 +41,7 @@ def test_preset_builds_a_valid_config(name):
     elif preset.cell.table == "2":
         assert preset.paper.test_error is not None and preset.paper.test_top5_error is not None
     else:
-        assert preset.cell.table == "fashion" and preset.paper.test_error is None
+        assert preset.cell.table in ("fashion", "beyond") and preset.paper.test_error is None
     # the TrainConfig round-trips through JSON-able dicts
     assert type(config).from_dict(config.to_dict()) == config
 
@@ -108,8 +110,10 @@ def test_config_is_a_fresh_copy_with_overrides():
 
 
 def test_selection_and_unknown_names():
+    from bioprop.presets import beyond
+
     names = [p.name for p in select_presets(["mnist-lc-*", "mnist-fc-bp"])]
-    assert names[0] == "mnist-fc-bp" and len(names) == 11
+    assert names[0] == "mnist-fc-bp" and len(names) == 11 + len(beyond.rules_beyond())  # globs match every rule
     assert [p.name for p in list_presets("imagenet")][0] == "imagenet-lc-dtp-parallel"
     with pytest.raises(BiopropError, match="unknown preset or group 'mnist-fc-nope'"):
         select_presets(["mnist-fc-nope"])
@@ -142,3 +146,18 @@ def test_presets_command(capsys):
 def test_train_rejects_an_unknown_preset(capsys):
     assert main(["train", "--preset", "mnist-fc-nope", "--epochs", "1"]) == 2
     assert "unknown preset 'mnist-fc-nope'" in capsys.readouterr().err
+
+
+def test_rules_beyond_the_paper_get_presets_on_every_network_from_their_column():
+    from bioprop.presets import beyond
+
+    rules = beyond.rules_beyond()
+    assert {"usf", "brsf", "frsf", "kp", "wm", "drl", "l-drl", "hybrid"} <= set(rules)
+    assert len(select_presets(["beyond"])) == len(rules) * len(beyond.NETWORKS)
+    kp, fa = get_preset("mnist-fc-kp").config(), get_preset("mnist-fc-fa").config()
+    assert kp.rule == "kp" and kp.optimizers == fa.optimizers  # FA's Table 5 column
+    drl, dtp = get_preset("cifar-lc-drl").config(), get_preset("cifar-lc-dtp-parallel").config()
+    assert drl.optimizers == dtp.optimizers and drl.rule_options["noise"] == dtp.rule_options["noise"]
+    assert "alpha" not in drl.rule_options  # only the options the rule has
+    assert get_preset("cifar-lc-hybrid").config().rule_options["alpha"] == dtp.rule_options["alpha"]
+    assert "mnist-fc-kp" not in {p.name for p in select_presets(["mnist"])}  # the paper's groups stay the paper's

@@ -68,7 +68,7 @@ def parse_checkpoint_every(value: str | None) -> tuple[str, float] | None:
 
 
 def _default_optimizers() -> dict[str, AdamConfig]:
-    return {"forward": AdamConfig(), "inverse": AdamConfig()}
+    return {"forward": AdamConfig()}
 
 
 @dataclass
@@ -95,7 +95,7 @@ class TrainConfig:
         """Raises :class:`BiopropError` naming the first field that is wrong: a type, a range, an
         unknown dataset, model, rule or rule option. Cheap: no data is read, no network built."""
         from bioprop.models import model_factory
-        from bioprop.rules import RULES, rule_options
+        from bioprop.rules import rule_options
 
         if not isinstance(self.data, DataConfig):
             raise BiopropError(f"data must be a data config (with at least a dataset name), got {shown(self.data)}")
@@ -130,13 +130,11 @@ class TrainConfig:
             if group not in known_groups:
                 raise BiopropError(f"optimizers: unknown parameter group {group!r}{suggest(group, known_groups)} "
                                    f"(the rules' groups: {', '.join(known_groups)})")
-        for group in RULES.get(self.rule).groups:
-            self.optimizer_settings(group)
 
     def optimizer_settings(self, group: str) -> AdamConfig:
         """The Adam settings of parameter group ``group``: its own entry in ``optimizers``, else those of
         the group the rule says it follows (``LearningRule.group_defaults``, e.g. Kolen-Pollack's
-        feedback weights follow the forward weights)."""
+        feedback weights follow the forward weights), else Adam's defaults (:class:`AdamConfig`)."""
         from bioprop.rules import RULES
 
         if group in self.optimizers:
@@ -144,8 +142,7 @@ class TrainConfig:
         followed = RULES.get(self.rule).group_defaults.get(group)
         if followed is not None and followed in self.optimizers:
             return self.optimizers[followed]
-        raise BiopropError(f"rule {self.rule!r} needs optimiser settings for parameter group {group!r} "
-                           f"(config field optimizers.{group}, or --{group}-lr etc.)")
+        return AdamConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

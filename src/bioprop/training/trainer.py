@@ -30,9 +30,8 @@ from tqdm.auto import tqdm
 from bioprop.data import DataBundle, load_data
 from bioprop.errors import BiopropError
 from bioprop.models import create_model
-from bioprop.training import alignment
-from bioprop.rules import LearningRule, create_rule
-from bioprop.training import distributed, precision
+from bioprop.rules import RULES, LearningRule, create_rule
+from bioprop.training import alignment, distributed, precision
 from bioprop.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_json, save_jsonl, save_torch
 from bioprop.training.config import AdamConfig, TrainConfig, parse_checkpoint_every
 from bioprop.training.evaluation import evaluate
@@ -435,6 +434,8 @@ def _comparable(config: dict) -> dict:
     where things run or are read from (device, data folder, loader workers, JPEG decoder, checkpoint
     interval)."""
     config = {key: value for key, value in config.items() if key not in _UNCOMPARED}
+    groups = RULES.get(config["rule"]).groups  # settings of groups the rule does not train change nothing
+    config["optimizers"] = {group: adam for group, adam in config["optimizers"].items() if group in groups}
     config["data"] = {key: value for key, value in config["data"].items()
                       if key not in ("data_dir", "num_workers", "decoder")}  # decoders give the same pixels
     return config

@@ -50,7 +50,9 @@ class HybridTargetProp(DifferenceTargetProp):
     def transposed_jacobian(self, index: int, below: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
         """(∂h_index/∂h_{index-1})^T vector at h_{index-1} = ``below`` (0-based blocks)."""
         with torch.enable_grad():
-            below = below.detach().requires_grad_()
+            # differentiate w.r.t. a non-leaf view: module hooks (e.g. FlopCounterMode's tracker in
+            # `bioprop plan`) cannot handle a leaf input inside autograd.grad
+            below = below.detach().requires_grad_().view_as(below)
             above = self.model.blocks[index](below)
             (shift,) = torch.autograd.grad(above, below, grad_outputs=vector.to(above.dtype))
         return shift
