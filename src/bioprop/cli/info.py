@@ -40,7 +40,8 @@ def show_rules(args) -> int:
         # the rule class's own docstring, else its module's (one file per rule)
         summary = rule_class.__dict__.get("__doc__") or inspect.getdoc(sys.modules[rule_class.__module__]) or ""
         summary = inspect.cleandoc(summary)
-        print(f"{name:<9} {summary.splitlines()[0] if summary else ''}")
+        first_paragraph = " ".join(inspect.cleandoc(summary).split("\n\n")[0].split()).replace("``", "") if summary else ""
+        print(f"{name:<9} {first_paragraph}")
         for option in dataclasses.fields(rule_class.Options):
             value = option.default
             if value is None:  # a default that depends on the rule (inverse_loss)
