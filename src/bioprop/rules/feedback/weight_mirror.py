@@ -70,8 +70,9 @@ class WeightMirror(CountsBatches, FeedbackAlignment):
 
     def mirror_gradient(self, site: FeedbackSite, x: torch.Tensor, grad_weight: torch.Tensor) -> torch.Tensor:
         """``-(y x^T) / (N P) + lambda * B`` for noise ``x`` at the layer's input and ``y = W x``."""
-        with torch.no_grad():
-            noise = self.mirror_noise(site, x)
+        # float32 also under bf16 autocast: the correlation is a mean over many small products
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            noise = self.mirror_noise(site, x.float())
             response = site.ops.forward(noise, site.weight)
             correlation, _ = site.ops.parameter_grads(noise, response, None)
             samples = noise.shape[0] * site.ops.positions_per_weight(response)

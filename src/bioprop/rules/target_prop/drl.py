@@ -149,6 +149,12 @@ class LogitTargetRule(TargetPropagationRule):
 
     # -- feedback losses ---------------------------------------------------------------------------
     def inverse_losses(self, h):
+        """The feedback losses, in float32 also under bf16 autocast: they are differences of nearby
+        feedback outputs (G(F(x + δx)) - G(F(x))), which bf16 would mostly round away (as the targets)."""
+        with torch.autocast(h[0].device.type, enabled=False):
+            return self._inverse_losses([t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in h])
+
+    def _inverse_losses(self, h):
         samples = self.options.noise_samples
         total: dict[int, torch.Tensor] = {}
         for _ in range(samples):
