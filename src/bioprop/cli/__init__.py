@@ -41,9 +41,12 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    finished = False
     try:
         args = parse_args(argv)
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        finished = code == 0
+        return code
     except UsageError as error:
         print(f"{error.prog}: error: {printable(error)}", file=sys.stderr)
         return 2
@@ -60,15 +63,20 @@ def main(argv: list[str] | None = None) -> int:
         print("bioprop: interrupted", file=sys.stderr)
         return 130
     finally:
-        _leave_process_group()
+        _leave_process_group(together=finished)
 
 
-def _leave_process_group() -> None:
+def _leave_process_group(together: bool = False) -> None:
     """Under torchrun: leave the process group cleanly (a process exiting with gloo's threads still
     running aborts with "terminate called without an active exception")."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if together:  # a command that finished on every rank: wait for the others, then leave together
+            try:
+                dist.barrier()
+            except RuntimeError:  # another rank is gone already
+                pass
         dist.destroy_process_group()
 
 

@@ -72,7 +72,7 @@ class WeightMirror(CountsBatches, FeedbackAlignment):
         """``-(y x^T) / (N P) + lambda * B`` for noise ``x`` at the layer's input and ``y = W x``."""
         # float32 also under bf16 autocast: the correlation is a mean over many small products
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            noise = self.mirror_noise(site, x.float())
+            noise = self.mirror_noise(site, x.to(site.weight.dtype))
             response = site.ops.forward(noise, site.weight)
             correlation, _ = site.ops.parameter_grads(noise, response, None)
             samples = noise.shape[0] * site.ops.positions_per_weight(response)
