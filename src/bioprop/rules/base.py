@@ -75,6 +75,18 @@ class StepResult:
     local_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle (degrees, float64) between ``a[i]`` and ``b[i]`` for every example ``i`` (dims 1.. flattened).
+
+    A zero vector has no direction: its angle is reported as 90 degrees (uninformative).
+    """
+    a, b = a.detach().flatten(1).double(), b.detach().flatten(1).double()
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    cosine = torch.where(norms > 0, (a * b).sum(1) / norms.clamp_min(torch.finfo(torch.float64).tiny),
+                         torch.zeros_like(norms))
+    return torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The training objective: softmax cross-entropy, averaged over the batch."""
     return F.cross_entropy(logits, labels)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from bioprop.rules.base import LearningRule, task_loss
+from bioprop.rules.base import angle_degrees as example_angles
 
 
 def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -33,12 +34,7 @@ def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
 
     Identical directions give 0, opposite ones 180, orthogonal ones 90; a zero vector has no
     direction and gives 90 (uninformative)."""
-    a, b = a.detach().flatten().double(), b.detach().flatten().double()
-    norms = a.norm() * b.norm()
-    if norms == 0:
-        return 90.0
-    cosine = (a @ b / norms).clamp(-1.0, 1.0)
-    return float(torch.rad2deg(torch.acos(cosine)))
+    return float(example_angles(a.reshape(1, -1), b.reshape(1, -1))[0])
 
 
 def norm_ratio(a: torch.Tensor, b: torch.Tensor) -> float:

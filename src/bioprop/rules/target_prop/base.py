@@ -54,7 +54,7 @@ from torch import nn
 from bioprop.checks import check_int, check_number
 from bioprop.errors import BiopropError
 from bioprop.models import Network
-from bioprop.rules.base import LearningRule, StepResult, task_loss
+from bioprop.rules.base import LearningRule, StepResult, angle_degrees, task_loss  # noqa: F401 (re-exported)
 from bioprop.rules.target_prop.inverses import OutputInverse, _inverse_class, build_inverse, fast_tanh
 
 SCHEDULES = ("parallel", "alternating")
@@ -117,18 +117,6 @@ def empty_with_layout(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tenso
     order = sorted(range(like.dim()), key=lambda dim: -like.stride(dim))
     storage = torch.empty([shape[dim] for dim in order], dtype=like.dtype, device=like.device)
     return storage.permute([order.index(dim) for dim in range(like.dim())])
-
-
-def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Angle (degrees, float64) between ``a[i]`` and ``b[i]`` for every example ``i`` (dims 1.. flattened).
-
-    A zero vector has no direction: its angle is reported as 90 degrees (uninformative).
-    """
-    a, b = a.detach().flatten(1).double(), b.detach().flatten(1).double()
-    norms = a.norm(dim=1) * b.norm(dim=1)
-    cosine = torch.where(norms > 0, (a * b).sum(1) / norms.clamp_min(torch.finfo(torch.float64).tiny),
-                         torch.zeros_like(norms))
-    return torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
 
 
 def output_shapes(model) -> list[tuple[int, ...]]:
