@@ -15,7 +15,7 @@ Target-propagation diagnostics run every ``diagnostics_every`` (default 20) batc
 measured once per variant (batches with diagnostics on every batch) and added amortised:
 ``t = t_train + (t_with_diagnostics - t_train) / 20``.
 
-Variants: bp, fa, dfa, tp, dtp, sdtp, ao-sdtp with the parallel schedule, and dtp with the
+Variants: every registered rule (target propagation with the parallel schedule), and dtp with the
 alternating schedule (the mean of a batch of an inverse epoch and a batch of a forward epoch).
 
     python bench/bench_rules.py [--models mnist-fc mnist-lc cifar-lc] [--batches 20] [--large-batches 4]
@@ -42,8 +42,8 @@ DEFAULT_BATCH = {"mnist": 100, "cifar": 128, "imagenet": 16}
 # (training examples, evaluated examples) per epoch: the trainer's default splits (10k validation for MNIST,
 # 5k for CIFAR-10) and the 10k test set; used for the epoch-time estimate
 EPOCH_EXAMPLES = {"mnist": (50_000, 20_000), "cifar": (45_000, 15_000), "imagenet": (1_271_167, 60_000)}
-VARIANTS = [("bp", "parallel"), ("fa", "parallel"), ("dfa", "parallel"), ("tp", "parallel"),
-            ("dtp", "parallel"), ("sdtp", "parallel"), ("ao-sdtp", "parallel"), ("dtp", "alternating")]
+VARIANTS = ([("bp", "parallel")] + [(name, "parallel") for name in RULES.names() if name != "bp"]
+            + [("dtp", "alternating")])  # every registered rule, BP first
 TP_RULES = {name for name in RULES.names() if "inverse" in RULES.get(name).groups}
 
 
