@@ -17,6 +17,7 @@ of the script, not a measurement).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -75,16 +76,19 @@ def bench_imagenet(model_name, batch, steps, device) -> list[dict]:
     for rule_name in RULES:
         for mode in ("fp32", "bf16"):
             torch.manual_seed(0)
+            baseline = 0
             if device.type == "cuda":
+                gc.collect()  # the previous row's rule: feedback rules hold reference cycles (site <-> rule)
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
+                baseline = torch.cuda.memory_allocated(device)  # whatever survived, not this row's
             rule = create_rule(rule_name, create_model(model_name)).to(device)
             optimizers = {g: make_optimizer(p, AdamConfig(lr=1e-4), "auto", device)
                           for g, p in rule.parameter_groups().items()}
             x = torch.randn(batch, *rule.model.input_shape, device=device)
             y = torch.randint(0, rule.model.num_classes, (batch,), device=device)
             seconds = timed(training_step(rule, optimizers, x, y, mode, device), device, steps)
-            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            peak = torch.cuda.max_memory_allocated(device) - baseline if device.type == "cuda" else None
             estimate = plan(model_name, rule_name, batch, precision=mode)
             rows.append({"model": model_name, "rule": rule_name, "precision": mode, "batch": batch,
                          "images_per_second": batch / seconds, "seconds_per_step": seconds,
@@ -171,16 +175,19 @@ def main() -> None:
     batch = 8 if args.tiny else args.batch
     results = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else "cpu", "dry_run": args.tiny}
-    sections = args.sections.split(",")
-    if "imagenet" in sections:
-        results["imagenet"] = bench_imagenet(model, batch, steps, device)
-    if "lc" in sections:
-        results["lc"] = bench_lc(model, batch, steps, device)
-    if "overhead" in sections:
-        results["overhead"] = bench_overhead(steps, device)
+    # true fp32 everywhere unless a row says otherwise: cuDNN's default would let Conv2d use TF32 while
+    # the LC layer's batched matmuls ran in fp32 (PyTorch's matmul default), an unfair comparison
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    results["tf32"] = {"matmul": False, "cudnn": False}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_gpu.json").write_text(json.dumps(results, indent=2) + "\n")
+    sections = {"imagenet": lambda: bench_imagenet(model, batch, steps, device),
+                "lc": lambda: bench_lc(model, batch, steps, device),
+                "overhead": lambda: bench_overhead(steps, device)}
+    for name in args.sections.split(","):
+        results[name] = sections[name]()
+        # after every section: a time limit that stops the script keeps what was measured
+        (out / "bench_gpu.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

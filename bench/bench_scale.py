@@ -7,8 +7,11 @@
 3. ``parallel``: two gloo processes at batch B/2 each against one process at batch B (the
    data-parallel overhead on one machine; on 2 shared cores this measures communication cost,
    not a speed-up).
+4. ``jobs``: ``bioprop reproduce`` of four MNIST cells with ``--jobs 2`` (two runs in flight, one
+   thread each) against ``--jobs 1`` (one at a time): the aggregate throughput of sharing the
+   machine, the CPU counterpart of the GPU script's runs in flight together.
 
-    python bench/bench_scale.py [--sections loop,precision,parallel] [--repeats 5] [--data-dir DIR]
+    python bench/bench_scale.py [--sections loop,precision,parallel,jobs] [--repeats 5] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -101,6 +105,15 @@ def bench_precision(repeats):
                   f"{times['bf16'] / times['fp32']:.2f}x |")
 
 
+def interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
+    """Median wall times of two whole commands, timed alternately (a busy neighbour hits both)."""
+    times = ([], [])
+    for _ in range(repeats):
+        for samples, command in zip(times, (first, second)):
+            samples.append(median_time(command, 1))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def bench_parallel(data_dir, repeats):
     def run(processes):
         with socket.socket() as s:
@@ -113,18 +126,26 @@ def bench_parallel(data_dir, repeats):
                        ["--data-dir", data_dir] if data_dir else [])
         env = dict(os.environ, OMP_NUM_THREADS="1")
         subprocess.run(command, env=env, check=True, capture_output=True)
-    one, two = [], []
-    for _ in range(repeats):
-        one.append(median_time(lambda: run(1), 1))
-        two.append(median_time(lambda: run(2), 1))
-    one, two = statistics.median(one), statistics.median(two)
+    one, two = interleaved_medians(lambda: run(1), lambda: run(2), repeats)
     print(f"\ntorchrun, DTP on MNIST-FC, 100 global batches of 100 (whole command incl. start-up): "
           f"1 process {one:.1f} s, 2 processes {two:.1f} s, ratio {two / one:.2f}x")
 
 
+def bench_jobs(data_dir, repeats, cells=("mnist-fc-bp", "mnist-fc-fa", "mnist-fc-dfa", "mnist-fc-dtp-parallel")):
+    def run(jobs):
+        with tempfile.TemporaryDirectory() as out:
+            command = [sys.executable, "-m", "bioprop", "reproduce", *cells, "--seeds", "1", "--epochs", "1",
+                       "--limit-batches", "150", "--jobs", str(jobs), "--threads", "1", "--device", "cpu",
+                       "--out", out, "--no-report", "--no-progress"] + (["--data-dir", data_dir] if data_dir else [])
+            subprocess.run(command, check=True, capture_output=True)
+    one, two = interleaved_medians(lambda: run(1), lambda: run(2), repeats)
+    print(f"\nreproduce, {len(cells)} cells x 150 batches (whole command): --jobs 1 {one:.1f} s, --jobs 2 {two:.1f} s; "
+          f"aggregate throughput {one / two:.2f}x that of one run at a time")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="loop,precision,parallel")
+    parser.add_argument("--sections", default="loop,precision,parallel,jobs")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir")
@@ -138,6 +159,8 @@ def main():
         bench_precision(args.repeats)
     if "parallel" in sections:
         bench_parallel(args.data_dir, max(1, args.repeats // 2))
+    if "jobs" in sections:
+        bench_jobs(args.data_dir, max(1, args.repeats // 2))
 
 
 if __name__ == "__main__":

@@ -44,15 +44,10 @@ timeout 60 "$python" -m bioprop train --preset mnist-fc-bp --epochs 3 --device "
     --no-progress --out "$out/alone/mnist-fc-bp" $alone_flags > "$out/alone.log" 2>&1
 left=$(( total - $(elapsed) ))
 echo "running the cells for ${left} s" | tee -a "$out/summary.txt"
-# in its own process group, so that the run processes stop with it when the time is up
-setsid "$python" -m bioprop reproduce $cells --seeds 1 --epochs 100 --device "$device" \
+# stopped (TERM, then KILL 5 s later) when the time is up; reproduce stops its run processes with it
+timeout -k 5 "$left" "$python" -m bioprop reproduce $cells --seeds 1 --epochs 100 --device "$device" \
     --jobs "$jobs" --threads 1 --data-dir "$data" --out "$out/mnist" --no-report --no-progress $cell_flags \
-    > "$out/reproduce.log" 2>&1 &
-runs=$!
-( sleep "$left"; kill -TERM -- "-$runs" 2>/dev/null; sleep 5; kill -KILL -- "-$runs" 2>/dev/null ) &
-stopper=$!
-wait "$runs"
-kill "$stopper" 2>/dev/null
+    > "$out/reproduce.log" 2>&1
 "$python" -m bioprop report "$out/mnist" --out "$out/report" > /dev/null 2>&1 && echo "report: $out/report/report.md" | tee -a "$out/summary.txt"
 "$python" - "$out" <<'PY' | tee -a "$out/summary.txt"
 import json, sys

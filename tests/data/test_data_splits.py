@@ -157,6 +157,19 @@ def test_storage_on_device_gives_same_batches():
         assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
+def test_splits_that_view_one_set_of_images_move_it_once():
+    x, y = torch.zeros(20, 1, 4, 4, dtype=torch.uint8), torch.arange(20)
+    train = TensorSplit(x, y, [0.5], [0.25], indices=torch.arange(15))
+    val = TensorSplit(x, y, [0.5], [0.25], indices=torch.arange(15, 20))
+    test = TensorSplit(x.clone(), y.clone(), [0.5], [0.25])
+    moved = {}
+    on_train, on_val, on_test = (split.to("meta", moved) for split in (train, val, test))
+    assert on_train.x.device.type == "meta"
+    assert on_train.x is on_val.x and on_train.y is on_val.y  # one copy of the training images
+    assert on_test.x is not on_train.x and len(moved) == 4
+    assert train.to("meta").x is not on_train.x  # without a shared ``moved``, a copy of its own
+
+
 @pytest.mark.gpu
 def test_cuda_batches_match_cpu():
     if not torch.cuda.is_available():
@@ -169,3 +182,18 @@ def test_cuda_batches_match_cpu():
     a = torch.cat([x for x, _ in s.batches(10, shuffle=True, augment=True)])
     b = torch.cat([x for x, _ in cached.batches(10, shuffle=True, augment=True, device="cuda")])
     assert torch.allclose(a, b.cpu())
+
+
+def test_the_trainer_moves_the_training_images_to_the_device_once():
+    from types import SimpleNamespace
+
+    from bioprop.training.trainer import Trainer
+
+    x, y = torch.zeros(20, 1, 4, 4, dtype=torch.uint8), torch.arange(20)
+    data = SimpleNamespace(train=TensorSplit(x, y, [0.5], [0.25], indices=torch.arange(15)),
+                           val=TensorSplit(x, y, [0.5], [0.25], indices=torch.arange(15, 20)),
+                           test=TensorSplit(x.clone(), y.clone(), [0.5], [0.25]))
+    trainer = Trainer.__new__(Trainer)  # only what _move_data_to_device reads
+    trainer.device, trainer.data = torch.device("meta"), data
+    trainer._move_data_to_device()
+    assert data.train.x.device.type == "meta" and data.train.x is data.val.x and data.test.x is not data.train.x

@@ -342,3 +342,28 @@ def test_input_grad_comes_back_in_the_layout_of_the_input(batch_innermost):
     assert grad.is_contiguous() != batch_innermost
     assert (grad.stride(0) == 1) == batch_innermost
     torch.testing.assert_close(grad, layer.transpose(grad_out))
+
+
+def test_bf16_autocast_runs_the_layer_in_bf16_with_float32_gradients():
+    """Under autocast the LC matmuls run in bf16 like a Conv2d's (autocast does not cast bmm(out=)
+    itself), fp32 or bf16 inputs alike; weight gradients stay in the weight's float32; float64
+    stays float64 (autocast leaves it alone)."""
+    torch.manual_seed(0)
+    layer = LocallyConnected2d(3, 8, (10, 10), 3, 2)
+    x = torch.randn(4, 3, 10, 10, requires_grad=True)
+    reference = layer(x)
+    reference_grads = torch.autograd.grad(reference, (x, layer.weight, layer.bias), torch.ones_like(reference))
+    for inputs in (x, x.bfloat16()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(inputs)
+            assert out.dtype == torch.bfloat16
+            assert layer.transpose(out).dtype == torch.bfloat16
+            grads = torch.autograd.grad(out, (x, layer.weight, layer.bias), torch.ones_like(out))
+        assert [g.dtype for g in grads] == [torch.float32] * 3
+        torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+        for grad, expected in zip(grads, reference_grads):
+            cosine = F.cosine_similarity(grad.flatten(), expected.flatten(), dim=0)
+            assert cosine > 0.999
+    double = LocallyConnected2d(3, 8, (10, 10), 3, dtype=DOUBLE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert double(x.detach().double()).dtype == DOUBLE

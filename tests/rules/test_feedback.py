@@ -10,16 +10,10 @@ from bioprop.errors import BiopropError
 from bioprop.models import create_model, list_models
 from bioprop.rules import create_rule, list_rules
 from bioprop.rules.base import task_loss
+from small_networks import batch
 
 SMALL_MODELS = [name for name in list_models() if not name.startswith("imagenet")]
 FEEDBACK_RULES = ["bp", "fa", "dfa"]
-
-
-def batch(model, size=4, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(size, *model.input_shape, generator=generator)
-    y = torch.randint(0, model.num_classes, (size,), generator=generator)
-    return x, y
 
 
 def gradients(rule, x, y):

@@ -11,19 +11,14 @@ import torch
 from bioprop.errors import BiopropError
 from bioprop.models import create_model
 from bioprop.rules import RULES, create_rule, rule_options
+from bioprop.rules.base import LearningRule
 from bioprop.training.config import AdamConfig
 from bioprop.training.trainer import make_optimizer
+from small_networks import batch
 
 NEW_RULES = ["usf", "brsf", "frsf", "kp", "wm"]
 LEARNED = {"kp", "wm"}
 MODELS = ["mnist-fc", "mnist-lc", "mnist-conv"]
-
-
-def batch(model, size=4, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(size, *model.input_shape, generator=generator)
-    y = torch.randint(0, model.num_classes, (size,), generator=generator)
-    return x, y
 
 
 def all_groups(rule):
@@ -107,6 +102,29 @@ def test_brsf_redraws_magnitudes_every_batch_and_ranks_agree():
     rule.compute_gradients(*batch(model), ("forward",))
     assert not torch.equal(rule.feedback_weight(0), first)
     assert torch.equal(torch.sign(rule.feedback_weight(0)), torch.sign(first))
+
+
+@pytest.mark.parametrize("rule_name", ["brsf", "wm"])
+def test_per_batch_draws_go_through_seeded_draw(rule_name, monkeypatch):
+    """The CUDA-against-CPU test replaces ``seeded_draw`` to give both devices the same numbers;
+    that only works if every per-batch draw goes through it (zeros here: brsf's feedback vanishes,
+    weight mirrors' B moves by the decay alone)."""
+    calls = []
+
+    def zeros(kind, shape, seed, device, dtype):
+        calls.append(kind)
+        return torch.zeros(shape, device=device, dtype=dtype)
+
+    monkeypatch.setattr(LearningRule, "seeded_draw", staticmethod(zeros))
+    torch.manual_seed(0)
+    rule = create_rule(rule_name, create_model("mnist-fc"), seed=0)
+    rule.compute_gradients(*batch(rule.model), all_groups(rule))
+    assert calls and set(calls) == {"uniform" if rule_name == "brsf" else "normal"}
+    if rule_name == "brsf":
+        assert all(torch.count_nonzero(rule.feedback_weight(i)) == 0 for i in range(len(rule.sites)))
+    else:
+        for site in rule.sites:  # -(0 x^T)/(N P) + lambda B
+            torch.testing.assert_close(site.stored.grad, rule.options.mirror_decay * site.stored.detach())
 
 
 @pytest.mark.parametrize("rule_name", ["kp", "wm"])

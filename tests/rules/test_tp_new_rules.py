@@ -17,36 +17,15 @@ from bioprop.rules import RULES, create_rule, list_rules
 from bioprop.rules.base import searchable_options, task_loss
 from bioprop.rules.target_prop.base import TargetPropagationRule, gaussian_noise
 from bioprop.rules.target_prop.drl import local_difference_reconstruction_loss
+from small_networks import ExactInverse, batch, fc_network
 
 NEW_RULES = ["l-drl", "drl", "hybrid"]
 LAYER_TYPE_MODELS = ["mnist-fc", "mnist-lc", "mnist-conv"]
 
 
-def batch(model, size=3, seed=0, dtype=torch.float32):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(size, *model.input_shape, generator=generator, dtype=dtype)
-    return x, torch.randint(0, model.num_classes, (size,), generator=generator)
-
-
 def build(rule_name, model_name="mnist-fc", seed=0, **options):
     torch.manual_seed(seed)
     return create_rule(rule_name, create_model(model_name), seed=seed, **options)
-
-
-def fc_network(widths, activation="tanh", classes=3, dtype=torch.float64, seed=0):
-    """A small FC network ``widths[0] -> ... -> classes``, well conditioned (square layers near identity)."""
-    torch.manual_seed(seed)
-    blocks, sizes = [], list(widths) + [classes]
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layer = nn.Linear(fan_in, fan_out).to(dtype)
-        with torch.no_grad():
-            layer.weight.copy_(0.6 * torch.randn(fan_out, fan_in, dtype=dtype) / math.sqrt(fan_in))
-            if fan_in == fan_out:
-                layer.weight.add_(torch.eye(fan_in, dtype=dtype))
-            layer.bias.uniform_(-0.1, 0.1)
-        last = index == len(sizes) - 2
-        blocks.append(Block(layer, "identity" if last else activation, flatten=index == 0))
-    return Network(blocks, (1, 1, widths[0]), classes, name="test-fc")
 
 
 class LinearFeedback(nn.Module):
@@ -59,19 +38,6 @@ class LinearFeedback(nn.Module):
 
     def forward(self, h):
         return h @ self.weight + self.bias
-
-
-class ExactInverse(nn.Module):
-    """The true inverse of a square tanh (or identity) FC block: W^{-1} (atanh(h) - b)."""
-
-    def __init__(self, block):
-        super().__init__()
-        self.block = [block]  # not a submodule
-
-    def forward(self, h):
-        layer = self.block[0].layer
-        pre = torch.atanh(h) if self.block[0].activation == "tanh" else h
-        return torch.linalg.solve(layer.weight, (pre - layer.bias).t()).t()
 
 
 def transposed_jacobian_feedback(rule):
@@ -237,7 +203,7 @@ def test_l_drl_trains_the_feedback_jacobian_toward_the_transposed_forward_jacobi
 def test_noise_samples_average_the_feedback_loss_over_independent_draws():
     rule = build("l-drl", noise_samples=3)
     single = build("l-drl")
-    h = [t.detach() for t in rule.model.hidden_activations(batch(rule.model)[0])]
+    h = [t.detach() for t in rule.model.hidden_activations(batch(rule.model, size=3)[0])]
     torch.manual_seed(4)
     averaged = rule.inverse_losses(h)
     torch.manual_seed(4)
@@ -251,7 +217,7 @@ def test_noise_samples_average_the_feedback_loss_over_independent_draws():
 @pytest.mark.parametrize("model_name", LAYER_TYPE_MODELS)
 def test_logit_target_rules_follow_their_target_formulas(rule_name, model_name):
     rule = build(rule_name, model_name, beta=0.4)
-    x, y = batch(rule.model)
+    x, y = batch(rule.model, size=3)
     h = [t.detach() for t in rule.model.hidden_activations(x)]
     logit_target = h[-1] - 0.4 * (torch.softmax(h[-1], 1) - F.one_hot(y, 10).float())
     torch.testing.assert_close(rule.logit_target(h[-1], y), logit_target)
@@ -400,7 +366,7 @@ def test_hybrid_targets_mix_the_transposed_jacobian_and_the_learned_inverse(mode
 @pytest.mark.parametrize("rule_name", NEW_RULES)
 def test_diagnostics_report_every_layer(rule_name):
     rule = build(rule_name, diagnostics_every=1, **({"gamma": 1.0} if rule_name == "hybrid" else {}))
-    diagnostics = rule.compute_gradients(*batch(rule.model), ("forward", "inverse")).diagnostics
+    diagnostics = rule.compute_gradients(*batch(rule.model, size=3), ("forward", "inverse")).diagnostics
     inverted = range(2, 7) if rule_name != "hybrid" else range(2, 6)
     assert {f"target_angle/layer{l}" for l in range(1, 6)} <= set(diagnostics)
     assert {f"reconstruction_error/layer{l}" for l in inverted} <= set(diagnostics)

@@ -7,10 +7,18 @@ import torch
 
 from bioprop.models import create_model
 from bioprop.rules import RULES, create_rule
+from bioprop.rules.base import LearningRule
 from bioprop.training.trainer import make_optimizer
 from bioprop.training import AdamConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def cpu_draw(kind, shape, seed, device, dtype):
+    """Per-batch draws on the CPU generator, then moved: the same numbers on both devices."""
+    generator = torch.Generator().manual_seed(seed)
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(shape, generator=generator, dtype=dtype).to(device)
 
 
 def train_steps(rule_name, model_name, device, steps=3):
@@ -34,8 +42,9 @@ def train_steps(rule_name, model_name, device, steps=3):
 
 @pytest.mark.parametrize("model_name", ["mnist-fc", "mnist-lc", "mnist-conv"])
 @pytest.mark.parametrize("rule_name", RULES.names())
-def test_every_rule_on_cuda_matches_the_cpu(rule_name, model_name):
+def test_every_rule_on_cuda_matches_the_cpu(rule_name, model_name, monkeypatch):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(LearningRule, "seeded_draw", staticmethod(cpu_draw))  # brsf, wm: device RNGs differ
     cpu, cuda = train_steps(rule_name, model_name, "cpu"), train_steps(rule_name, model_name, "cuda")
     for key in cpu:
         torch.testing.assert_close(cuda[key], cpu[key], rtol=1e-3, atol=1e-4, msg=key)

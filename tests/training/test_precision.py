@@ -45,6 +45,18 @@ def test_bf16_gradients_are_float32_and_point_where_the_float32_ones_do(rule_nam
                                                                        rel=0.1, abs=1e-4), name
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_tp_noise_is_float32_and_the_float32_runs_noise_under_bf16(world_size):
+    rule = create_rule("dtp", create_model("mnist-fc"))
+    rule.set_data_parallel(world_size - 1, world_size)
+    clean = torch.randn(8, 240)
+    torch.manual_seed(5)
+    reference = rule.noise_like(clean, 0.2)
+    torch.manual_seed(5)
+    low = rule.noise_like(clean.bfloat16(), 0.2)
+    assert low.dtype == torch.float32 and torch.equal(low, reference)
+
+
 def test_targets_are_computed_in_float32_under_autocast():
     torch.manual_seed(0)
     rule = create_rule("dtp", create_model("mnist-fc"))

@@ -72,6 +72,13 @@ class PlannedBatch(NamedTuple):
         return make_generator(*self.augment_key)
 
 
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device``; to CUDA through pinned memory, so the host does not wait."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int,
                   flip: str) -> torch.Tensor:
     """Random crop with ``padding`` zero pixels on each side, then a random flip with
@@ -82,12 +89,14 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int,
     b, c, h, w = x.shape
     if padding == 0 and flip == "none":
         return x
-    offsets = (torch.randint(0, 2 * padding + 1, (b, 2), generator=generator) if padding > 0
-               else torch.zeros(b, 2, dtype=torch.long))
-    rows = torch.arange(h).expand(b, h)
-    cols = torch.arange(w).expand(b, w)
+    # the draws come from a CPU generator (the same on every device); only they cross to the device,
+    # from pinned memory without waiting, and the gather index is built there
+    offsets = to_device_async(torch.randint(0, 2 * padding + 1, (b, 2), generator=generator) if padding > 0
+                              else torch.zeros(b, 2, dtype=torch.long), x.device)
+    rows = torch.arange(h, device=x.device).expand(b, h)
+    cols = torch.arange(w, device=x.device).expand(b, w)
     if flip != "none":
-        mirror = (torch.rand(b, generator=generator) < 0.5)[:, None]
+        mirror = to_device_async((torch.rand(b, generator=generator) < 0.5)[:, None], x.device)
         if flip == "horizontal":
             cols = torch.where(mirror, w - 1 - cols, cols)
         else:
@@ -95,7 +104,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int,
     width = w + 2 * padding
     # out[n, :, i, j] = padded[n, :, oy + rows[n, i], ox + cols[n, j]]
     index = ((offsets[:, :1] + rows) * width)[:, :, None] + (offsets[:, 1:] + cols)[:, None, :]
-    index = index.view(b, 1, h * w).to(x.device).expand(b, c, h * w)
+    index = index.view(b, 1, h * w).expand(b, c, h * w)
     padded = F.pad(x, (padding,) * 4) if padding > 0 else x
     return padded.flatten(2).gather(2, index).view(b, c, h, w)
 
@@ -193,11 +202,18 @@ class TensorSplit(Split):
     def __len__(self) -> int:
         return len(self.x) if self.indices is None else len(self.indices)
 
-    def to(self, device) -> "TensorSplit":
-        """The same split with its storage on ``device`` (e.g. the whole uint8 set on a GPU)."""
+    def to(self, device, moved: dict | None = None) -> "TensorSplit":
+        """The same split with its storage on ``device`` (e.g. the whole uint8 set on a GPU).
+        ``moved`` (tensor id -> copy on ``device``), shared between calls, copies the images and
+        labels that several splits view (train and validation) only once."""
+        moved = {} if moved is None else moved
+
+        def copy(tensor):
+            if id(tensor) not in moved:
+                moved[id(tensor)] = (tensor, tensor.to(device))  # the original kept: its id stays unique
+            return moved[id(tensor)][1]
         idx = None if self.indices is None else self.indices.to(device)
-        return TensorSplit(self.x.to(device), self.y.to(device), self.mean, self.std, idx,
-                           self.crop_padding, self.flip)
+        return TensorSplit(copy(self.x), copy(self.y), self.mean, self.std, idx, self.crop_padding, self.flip)
 
     def images(self) -> torch.Tensor:
         """All uint8 images of this split (a copy when it is a view)."""
@@ -207,8 +223,12 @@ class TensorSplit(Split):
         return self.y if self.indices is None else self.y[self.indices]
 
     def _batches(self, plan, augment, device):
+        # the epoch's order goes to the images' device in one copy, not one (synchronising) copy per batch
+        order = torch.cat([batch.rows for batch in plan]).to(self.x.device) if plan else None
+        start = 0
         for batch in plan:
-            positions = batch.rows.to(self.x.device)
+            positions = order[start:start + len(batch.rows)]
+            start += len(batch.rows)
             rows = positions if self.indices is None else self.indices[positions]
             x = self.x[rows].to(device, non_blocking=True)
             if augment:

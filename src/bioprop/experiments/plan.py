@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.utils._pytree as pytree
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -163,7 +163,7 @@ def plan(model: str, rule: str, batch_size: int, precision: str = "fp32", data: 
         raise BiopropError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if data is not None:
         check_name(DATASETS, data)
-    with FakeTensorMode(), accelerator_chunking():
+    with FakeTensorMode(), accelerator_chunking(), fake_tolist_by_element():
         network = create_model(model)
         learning_rule = create_rule(rule, network, **rule_options)
         groups = learning_rule.parameter_groups()
@@ -241,6 +241,25 @@ def accelerator_chunking():
         yield
     finally:
         locally_connected._CPU_CHUNK_BYTES = cpu_chunk
+
+
+def _tolist_by_element(tensor):
+    if tensor.dim() == 0:
+        return tensor.item()
+    return [_tolist_by_element(element) for element in tensor]
+
+
+@contextlib.contextmanager
+def fake_tolist_by_element():
+    """``.tolist()`` of a fake tensor reads it element by element, through ``.item()``, which the
+    :class:`StepRecorder` answers with 0 (as torch >= 2.5 does anyway; torch 2.4's fake ``tolist``
+    needs a symbolic shape environment and fails without one, e.g. in a TP rule's diagnostics)."""
+    original = FakeTensor.tolist
+    FakeTensor.tolist = _tolist_by_element
+    try:
+        yield
+    finally:
+        FakeTensor.tolist = original
 
 
 def in_backward() -> bool:

@@ -29,6 +29,8 @@ contiguous: downstream code must use ``reshape``/``flatten``, not ``view``.
 
 The primitives are plain functions without autograd graph, so feedback alignment can run the
 backward pass with another weight; the layer's ``torch.autograd.Function`` uses exactly them.
+They compute in one dtype: under autocast (bf16) the autocast dtype, as ``F.conv2d`` would, so
+bf16 training runs the LC layers in bf16 too; otherwise their operands' promoted dtype.
 """
 
 import math
@@ -157,6 +159,28 @@ def _patch_chunks(x, kernel, stride, pads, out_size):
         yield l0, l1, patches
 
 
+def _autocast_dtype(device_type):
+    """The autocast dtype if autocast is on for ``device_type``, else None."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except (RuntimeError, TypeError):  # a device type without autocast
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
+def _operands(*tensors):
+    """The operands (``None`` kept) in one dtype, as a matmul under autocast gets them: autocast's
+    dtype where it is on for their device and none is float64 (the batched matmuls here write into
+    buffers, ``bmm(out=)``, which autocast itself leaves alone), else their promoted dtype."""
+    present = [t for t in tensors if t is not None]
+    dtype = _autocast_dtype(present[0].device.type)
+    if dtype is None or any(t.dtype == torch.float64 for t in present):
+        dtype = present[0].dtype
+        for t in present[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
 def _check_shape(name, tensor, expected):
     if tuple(tensor.shape) != tuple(expected):
         raise BiopropError(f"{name} must have shape {tuple(expected)}, got {tuple(tensor.shape)}")
@@ -165,6 +189,7 @@ def _check_shape(name, tensor, expected):
 @torch.no_grad()
 def lc_forward(x, weight, bias=None, stride=1, padding=(0, 0, 0, 0)):
     """Raw LC forward, no graph: (N, C, H, W) -> (N, O, H', W') (batch-innermost layout)."""
+    x, weight, bias = _operands(x, weight, bias)
     n, c, h, w = x.shape
     kernel, stride, pads, (out_h, out_w) = _geometry((h, w), weight.shape[4:], stride, padding)
     o, k = weight.shape[2], c * kernel[0] * kernel[1]
@@ -182,6 +207,7 @@ def lc_forward(x, weight, bias=None, stride=1, padding=(0, 0, 0, 0)):
 @torch.no_grad()
 def lc_input_grad(grad_out, weight, in_size, stride, padding):
     """Raw transposed LC map (N, O, H', W') -> (N, C, H, W): the gradient w.r.t. the input."""
+    grad_out, weight = _operands(grad_out, weight)
     out_h, out_w, o, c, kh, kw = weight.shape
     _, (sh, sw), pads, out_size = _geometry(in_size, (kh, kw), stride, padding)
     n, k = grad_out.shape[0], c * kh * kw
@@ -205,6 +231,7 @@ def lc_input_grad(grad_out, weight, in_size, stride, padding):
 @torch.no_grad()
 def lc_weight_grad(x, grad_out, kernel_size, stride, padding):
     """Raw gradient w.r.t. the weight, (H', W', O, C, kH, kW), from input and output grad."""
+    x, grad_out = _operands(x, grad_out)
     n, c, h, w = x.shape
     kernel, stride, pads, (out_h, out_w) = _geometry((h, w), kernel_size, stride, padding)
     o = grad_out.shape[1]

@@ -209,6 +209,16 @@ class LearningRule(nn.Module):
         digest = sum((i + 1) * ord(c) for i, c in enumerate(self.name))
         return torch.Generator().manual_seed(self.seed * 1_000_003 + digest * 1_009 + index)
 
+    @staticmethod
+    def seeded_draw(kind: str, shape: tuple[int, ...], seed: int, device, dtype) -> torch.Tensor:
+        """Per-batch random numbers (``kind`` "uniform" on [0, 1) or "normal") that depend only on
+        ``seed``: drawn by a generator on ``device``, so weight-sized draws every batch never cross
+        to the host. CPU (MT19937) and CUDA (Philox) generators give different streams: such draws
+        are reproducible per device type, not across them (fixed weights use :meth:`layer_generator`)."""
+        generator = torch.Generator(device=device).manual_seed(seed)
+        draw = torch.rand if kind == "uniform" else torch.randn
+        return draw(shape, generator=generator, device=device, dtype=dtype)
+
 
 def rule_options(name: str, **options) -> "LearningRule.Options":
     """The checked ``Options`` of the registered rule ``name``: an unknown rule or option name, a

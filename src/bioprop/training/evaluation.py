@@ -50,9 +50,11 @@ def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, devi
         loss = F.cross_entropy(logits, y, reduction="sum")
         wrong = (logits.argmax(1) != y).sum()
         wrong_top5 = (~(logits.topk(5, dim=1).indices == y[:, None]).any(1)).sum() if classes > 10 else 0
-        counts += torch.stack([torch.tensor(float(len(y)), dtype=torch.float64, device=device),
-                               wrong.double(), torch.as_tensor(wrong_top5, device=device).double(),
-                               loss.double()])
+        counts[0] += len(y)  # a Python number: no host-to-device copy per batch
+        counts[1] += wrong.double()
+        counts[3] += loss.double()
+        if classes > 10:
+            counts[2] += wrong_top5.double()
     rule_or_model.train(was_training)
     seen, wrong, wrong_top5, loss_sum = parallel.sum(counts).tolist()
     result = {"error": 100.0 * wrong / seen, "loss": loss_sum / seen}

@@ -7,8 +7,10 @@
 * ``bf16``: ``torch.autocast(dtype=torch.bfloat16)`` around the rule's step and evaluation:
   matmuls and convolutions run in bfloat16, while the weights ("master weights"), gradients and
   optimiser states stay float32 (autocast casts copies, and the gradients reach the float32
-  leaves). Target propagation computes its targets in float32 (``TargetPropagationRule.targets``)
-  and its squared-error losses in float32 (autocast runs ``mse_loss`` in float32).
+  leaves). Locally-connected layers join in (their kernels cast to the autocast dtype themselves,
+  :mod:`bioprop.nn.locally_connected`). Target propagation computes its targets in float32
+  (``TargetPropagationRule.targets``), draws its noise in float32 (the numbers a float32 run
+  draws), and its squared-error losses run in float32 (autocast runs ``mse_loss`` in float32).
 """
 
 from __future__ import annotations

@@ -206,18 +206,24 @@ class Trainer:
         normalisation run there and the host is not the bottleneck."""
         if self.device.type == "cpu":
             return
+        moved: dict = {}  # train and val are views of one set of images: one copy of it on the device
         for name in ("train", "val", "test"):
             split = getattr(self.data, name)
             if split is not None and hasattr(split, "to"):
-                setattr(self.data, name, split.to(self.device))
+                setattr(self.data, name, split.to(self.device, moved))
 
     def _restore(self, checkpoint: dict) -> None:
         self.rule.load_state_dict(checkpoint["rule"])
         for group, state in checkpoint["optimizers"].items():
             self.optimizers[group].load_state_dict(state)
         torch.set_rng_state(checkpoint["rng"]["torch"])
-        if torch.cuda.is_available() and checkpoint["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        cuda_state = checkpoint["rng"].get("cuda")
+        if self.device.type == "cuda" and cuda_state is not None:
+            # this run's device only: under torchrun rank 0 saved its device's state, which every rank's
+            # device has too (ranks draw the same global-batch noise); a list (the format of earlier
+            # checkpoints, one state per visible GPU) contributes its first entry
+            state = cuda_state[0] if isinstance(cuda_state, (list, tuple)) else cuda_state
+            torch.cuda.set_rng_state(state, self.device)
         self.metrics = list(checkpoint["metrics"])
         self.start_epoch = checkpoint["epoch"]
         position = checkpoint.get("position") or {}
@@ -319,7 +325,7 @@ class Trainer:
                     self.save(epoch, next_pass=index)
                     started = last_save = time.perf_counter()
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
         state.seconds += time.perf_counter() - started
         self._check_finite(first_bad_step, epoch, index)
         self._fold_sums(state, loss_sum, wrong)
@@ -411,7 +417,7 @@ class Trainer:
         if self.out is None or not self.parallel.is_main:
             return
         rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         position = None
         if next_pass is not None:
             position = {"pass": next_pass, "pass_rows": self.pass_rows, "state": self.pass_state.to_dict()}

@@ -248,8 +248,9 @@ class FeedbackAlignment(LearningRule):
         module.__dict__["bioprop_rule"] = rule  # not a submodule: the module's state_dict stays its own
         module.register_forward_pre_hook(rule.count_batch)  # bound methods: deep copies stay wired
         if isinstance(rule, CountsBatches):  # the draw counter and seed travel in the module's state_dict
-            module.register_state_dict_post_hook(partial(CountsBatches.save_counter, rule))
-            module.register_load_state_dict_pre_hook(partial(CountsBatches.load_counter, rule))
+            add_state_dict_hook, add_load_hook = state_dict_hook_registrars(module)
+            add_state_dict_hook(partial(CountsBatches.save_counter, rule))
+            add_load_hook(partial(CountsBatches.load_counter, rule))
         return module
 
     def count_batch(self, module: nn.Module, inputs) -> None:
@@ -279,6 +280,15 @@ class CountsBatches:
         state = state_dict.pop(prefix + self.wrapped_state_key, None)
         if state is not None:
             self.set_extra_state(state)
+
+
+def state_dict_hook_registrars(module: nn.Module):
+    """``module``'s registrars of a state-dict post hook ``hook(module, state_dict, prefix, metadata)``
+    and a load pre hook ``hook(module, state_dict, prefix, ...)``: public from torch 2.5, private (the
+    same hooks) in torch 2.4."""
+    if hasattr(module, "register_state_dict_post_hook"):
+        return module.register_state_dict_post_hook, module.register_load_state_dict_pre_hook
+    return module._register_state_dict_hook, partial(module._register_load_state_dict_pre_hook, with_module=True)
 
 
 def mixed_seed(base: int, *values: int) -> int:

@@ -59,11 +59,10 @@ class BatchwiseRandomSignFeedback(CountsBatches, FeedbackAlignment):
     def magnitudes(self, site: FeedbackSite) -> torch.Tensor:
         """``|M_{l,t}|`` for the current batch counter ``t``."""
         weight = site.weight
-        generator = torch.Generator(device=weight.device)
-        generator.manual_seed(mixed_seed(self.layer_generator(site.index).initial_seed(), self.feedback_step))
+        seed = mixed_seed(self.layer_generator(site.index).initial_seed(), self.feedback_step)
         fan_in, fan_out = site.ops.fans()
         bound = math.sqrt(6.0 / (fan_in + fan_out))
-        return torch.rand(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype) * bound
+        return self.seeded_draw("uniform", weight.shape, seed, weight.device, weight.dtype) * bound
 
     def feedback_weight(self, site):
         site = self.sites[site] if isinstance(site, int) else site

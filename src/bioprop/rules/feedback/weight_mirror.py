@@ -62,10 +62,9 @@ class WeightMirror(CountsBatches, FeedbackAlignment):
 
     def mirror_noise(self, site: FeedbackSite, x: torch.Tensor) -> torch.Tensor:
         """Noise of ``x``'s shape: this rank's rows of the global batch's noise."""
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(mixed_seed(self.layer_generator(site.index).initial_seed(), self.feedback_step, 1))
+        seed = mixed_seed(self.layer_generator(site.index).initial_seed(), self.feedback_step, 1)
         rows = self.global_batch_size(x.shape[0])
-        noise = torch.randn((rows, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+        noise = self.seeded_draw("normal", (rows, *x.shape[1:]), seed, x.device, x.dtype)
         return noise[self.rank::self.world_size] * self.options.mirror_noise
 
     def mirror_gradient(self, site: FeedbackSite, x: torch.Tensor, grad_weight: torch.Tensor) -> torch.Tensor:

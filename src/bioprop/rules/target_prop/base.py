@@ -106,8 +106,11 @@ def gaussian_noise(like: torch.Tensor, sigma: float) -> torch.Tensor:
 
     ``torch.randn_like`` on the batch-innermost (permuted) activations of LC layers takes a slow
     strided path on CPU (several times slower); filling the dense storage directly does not.
+    Drawn in float32 at least: under bf16 autocast these are the numbers a float32 run draws (the
+    generators give other numbers for bf16), and the noisy input h + noise keeps float32 precision.
     """
-    noise = torch.empty_like(like)  # same strides for dense tensors, else contiguous
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    noise = torch.empty_like(like, dtype=dtype)  # same strides for dense tensors, else contiguous
     noise.as_strided((noise.numel(),), (1,)).normal_(0.0, sigma)
     return noise
 
