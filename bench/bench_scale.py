@@ -7,7 +7,7 @@
 3. ``parallel``: two gloo processes at batch B/2 each against one process at batch B (the
    data-parallel overhead on one machine; on 2 shared cores this measures communication cost,
    not a speed-up).
-4. ``jobs``: ``bioprop reproduce`` of four MNIST cells with ``--jobs 2`` (two runs in flight, one
+4. ``jobs``: ``bioprop reproduce`` of four MNIST-FC cells (one epoch each) with ``--jobs 2`` (two runs in flight, one
    thread each) against ``--jobs 1`` (one at a time): the aggregate throughput of sharing the
    machine, the CPU counterpart of the GPU script's runs in flight together.
 
@@ -135,11 +135,11 @@ def bench_jobs(data_dir, repeats, cells=("mnist-fc-bp", "mnist-fc-fa", "mnist-fc
     def run(jobs):
         with tempfile.TemporaryDirectory() as out:
             command = [sys.executable, "-m", "bioprop", "reproduce", *cells, "--seeds", "1", "--epochs", "1",
-                       "--limit-batches", "150", "--jobs", str(jobs), "--threads", "1", "--device", "cpu",
+                       "--jobs", str(jobs), "--threads", "1", "--device", "cpu",
                        "--out", out, "--no-report", "--no-progress"] + (["--data-dir", data_dir] if data_dir else [])
             subprocess.run(command, check=True, capture_output=True)
     one, two = interleaved_medians(lambda: run(1), lambda: run(2), repeats)
-    print(f"\nreproduce, {len(cells)} cells x 150 batches (whole command): --jobs 1 {one:.1f} s, --jobs 2 {two:.1f} s; "
+    print(f"\nreproduce, {len(cells)} cells x 1 epoch (whole command): --jobs 1 {one:.1f} s, --jobs 2 {two:.1f} s; "
           f"aggregate throughput {one / two:.2f}x that of one run at a time")
 
 

@@ -3,7 +3,6 @@ culling (only the best trial continues) and the Figure 5 histograms."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
