@@ -33,6 +33,7 @@ They compute in one dtype: under autocast (bf16) the autocast dtype, as ``F.conv
 bf16 training runs the LC layers in bf16 too; otherwise their operands' promoted dtype.
 """
 
+import functools
 import math
 
 import torch
@@ -175,9 +176,7 @@ def _operands(*tensors):
     present = [t for t in tensors if t is not None]
     dtype = _autocast_dtype(present[0].device.type)
     if dtype is None or any(t.dtype == torch.float64 for t in present):
-        dtype = present[0].dtype
-        for t in present[1:]:
-            dtype = torch.promote_types(dtype, t.dtype)
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in present))
     return [None if t is None else t.to(dtype) for t in tensors]
 
 
@@ -251,6 +250,7 @@ class _LCFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
+        x, weight, bias = _operands(x, weight, bias)  # cast once: what backward saves is in that dtype too
         pads = _geometry(x.shape[2:], weight.shape[4:], stride, padding)[2]
         padded_x = _padded_hwcn(x, pads).permute(3, 2, 0, 1)
         ctx.save_for_backward(padded_x, weight)
@@ -277,6 +277,7 @@ class _LCTransposeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, weight, in_size, stride, padding):
+        y, weight = _operands(y, weight)  # cast once: what backward saves is in that dtype too
         pads = _geometry(in_size, weight.shape[4:], stride, padding)[2]
         ctx.save_for_backward(y, weight)
         ctx.geometry, ctx.y_is_nchw = (in_size, stride, pads), y.is_contiguous()
