@@ -8,8 +8,8 @@ import sys
 from bioprop.checks import check_output_folder
 from bioprop.cli.args import any_int, name, path, positive_int
 from bioprop.data.sources import check_data_folder
-from bioprop.experiments.reproduce import (EpochBudget, parse_int_list, plan_runs, record_command, reproduce,
-                                           run_state)
+from bioprop.experiments.reproduce import (EpochBudget, parse_grid, parse_int_list, plan_runs, record_command,
+                                           reproduce, run_state)
 from bioprop.experiments.report import write_report
 from bioprop.presets import GROUPS, select_presets
 
@@ -39,6 +39,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--aux-sweep", metavar="SIZES", type=name,
                         help="also run every preset whose rule has auxiliary outputs (AO-SDTP) with these sizes, "
                              "e.g. 0,128,512,1024 (Figure 4) (default: no sweep)")
+    parser.add_argument("--vary", action="append", metavar="KEY=V1,V2", type=name,
+                        help="run every combination of these values instead of each preset's own (repeatable): "
+                             "a rule option (forward_reduction=unit-sum,element-mean), an Adam setting of every "
+                             "group (eps_convention=pytorch,tensorflow) or of one (inverse.lr=1e-4,1e-3), or "
+                             "val_size; folders <preset>.KEY=VALUE... (default: no variants)")
     parser.add_argument("--alignment-every", type=positive_int, metavar="N",
                         help="measure alignment with backprop every N steps in every run (per layer; plotted by "
                              "the report) (default: off)")
@@ -66,6 +71,8 @@ def canonical_command(args) -> list[str]:
         argv += ["--epochs", value]
     for value in args.limit_batches or []:
         argv += ["--limit-batches", value]
+    for value in args.vary or []:
+        argv += ["--vary", value]
     argv += ["--out", str(args.out)]
     for flag in ("data_dir", "limit_eval_batches", "aux_sweep", "alignment_every", "device", "threads",
                  "report_out"):
@@ -88,7 +95,8 @@ def run(args) -> int:
         check_data_folder(args.data_dir, "--data-dir")
     presets = select_presets(args.targets)
     specs = plan_runs(presets, seeds=args.seeds, epochs=EpochBudget.parse(args.epochs),
-                      aux_sweep=parse_int_list(args.aux_sweep, "--aux-sweep"), data_dir=args.data_dir,
+                      aux_sweep=parse_int_list(args.aux_sweep, "--aux-sweep"), grid=parse_grid(args.vary),
+                      data_dir=args.data_dir,
                       limit_batches=EpochBudget.parse(args.limit_batches, "--limit-batches"),
                       limit_eval_batches=args.limit_eval_batches, alignment_every=args.alignment_every,
                       device=args.device, verify=args.verify)

@@ -15,7 +15,7 @@ from bioprop.errors import BiopropError
 from bioprop.models import MODELS
 from bioprop.rules import RULES
 from bioprop.training import AdamConfig, TrainConfig, train
-from bioprop.training.config import OPTIMIZER_IMPLS, PRECISIONS, rule_group_names
+from bioprop.training.config import EPS_CONVENTIONS, OPTIMIZER_IMPLS, PRECISIONS, rule_group_names
 
 ADAM_FLAGS = {"lr": "learning rate", "beta1": "Adam beta1", "beta2": "Adam beta2", "eps": "Adam epsilon",
               "weight_decay": "decoupled (AdamW) weight decay"}
@@ -115,6 +115,10 @@ def add_parser(subparsers) -> None:
             default = f"{adam_default(flag):g}" + (f", {fallback}" if fallback else "")
             parser.add_argument(f"--{group}-{flag.replace('_', '-')}", type=finite_float, metavar="X",
                                 help=f"{group}-weights {meaning} ({rules}) (default: {default}, or the preset's)")
+    parser.add_argument("--eps-convention", choices=EPS_CONVENTIONS,
+                        help="where Adam's epsilon enters, in every parameter group: 'pytorch' (added to the "
+                             "bias-corrected sqrt(v)) or 'tensorflow' (added to the uncorrected sqrt(v), as "
+                             "tf.train.AdamOptimizer) (default: pytorch, or the preset's)")
     add_rule_options(parser, "learning-rule options (each rule accepts its own; see `bioprop rules`)")
     parser.add_argument("--device", type=name, help="auto (CUDA when present), cpu, cuda, cuda:N "
                         f"(default: {_default('device')})")
@@ -173,6 +177,10 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
                                f"{', '.join(RULES.get(config.rule).groups)})")
         if given or group not in config.optimizers and group == "forward":
             config.optimizers[group] = dataclasses.replace(config.optimizers.get(group, AdamConfig()), **given)
+    if args.eps_convention is not None:
+        for group in RULES.get(config.rule).groups:
+            config.optimizers[group] = dataclasses.replace(config.optimizer_settings(group),
+                                                           eps_convention=args.eps_convention)
     for option in rule_option_fields():
         value = getattr(args, f"rule_{option}")
         if value is not None:

@@ -15,6 +15,7 @@ from it (so raising ``--epochs`` later extends finished runs); anything else sta
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shlex
@@ -29,7 +30,7 @@ from typing import Callable
 from bioprop.errors import BiopropError
 from bioprop.presets import Preset, select_presets
 from bioprop.rules import RULES
-from bioprop.training import TrainConfig
+from bioprop.training import AdamConfig, TrainConfig
 from bioprop.training.checkpoint import save_json
 
 SPEC = "spec.json"
@@ -127,9 +128,52 @@ def parse_int_list(text: str | None, what: str) -> list[int]:
     return values
 
 
+def parse_grid(values: list[str] | None) -> dict[str, list]:
+    """``--vary KEY=V1,V2`` (repeatable) -> ``{KEY: [V1, V2]}``; numbers become numbers.
+
+    A KEY is a rule option (``forward_reduction``, ``alpha``), an Adam field for every parameter group
+    of the rule (``eps``, ``eps_convention``) or for one (``inverse.lr``), or ``val_size``."""
+    grid: dict[str, list] = {}
+    for value in values or []:
+        key, sep, listed = str(value).partition("=")
+        key = key.strip()
+        choices = [_parse_value(v.strip()) for v in listed.split(",") if v.strip()]
+        if not sep or not key or not choices:
+            raise BiopropError(f"--vary {value!r}: expected KEY=V1,V2,... (e.g. forward_reduction=unit-sum,element-mean)")
+        if key in grid:
+            raise BiopropError(f"--vary {key}: given twice; list every value once, comma-separated")
+        grid[key] = choices
+    return grid
+
+
+def _parse_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+ADAM_FIELDS = {f.name for f in dataclasses.fields(AdamConfig)}
+
+
+def applies(key: str, rule: str) -> bool:
+    """Whether ``--vary`` key ``key`` means something for rule ``rule``."""
+    group, _, name = key.rpartition(".")
+    if group:
+        return group in RULES.get(rule).groups and name in ADAM_FIELDS
+    return key in ADAM_FIELDS or key == "val_size" or has_option(rule, key)
+
+
+def variant_folder(preset: str, variant: dict) -> str:
+    """``<preset>.KEY=VALUE...`` (the AO-SDTP size sweep keeps its ``<preset>.aux-<n>``)."""
+    return preset + "".join(f".{key}={value}" for key, value in variant.items())
+
+
 def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBudget | None = None,
               aux_sweep: list[int] | None = None, limit_batches: EpochBudget | int | None = None,
-              **overrides) -> list[RunSpec]:
+              grid: dict[str, list] | None = None, **overrides) -> list[RunSpec]:
     """Every (preset or sweep variant) x seed, seed-major so that early results cover every cell.
 
     ``overrides`` are TrainConfig fields (``limit_eval_batches``, ``device``), ``data_dir`` or
@@ -137,6 +181,8 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
     ``limit_batches`` is a number or, like ``epochs``, per-pattern values.
     ``aux_sweep`` adds, for every preset whose rule has an ``aux_units`` option (AO-SDTP), one
     variant per auxiliary size (the preset's own size is the plain run).
+    ``grid`` (:func:`parse_grid`) replaces each preset by every combination of the values of the
+    keys that apply to its rule (folders :func:`variant_folder`), for studies of settings.
     """
     if isinstance(seeds, int):
         if seeds < 1:
@@ -147,9 +193,21 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
         limit_batches = EpochBudget.parse(limit_batches, "--limit-batches")
     data_dir = overrides.pop("data_dir", None)
     verify = overrides.pop("verify", None)
+    grid = grid or {}
+    for key in grid:
+        if not any(applies(key, preset.rule) for preset in presets):
+            raise BiopropError(f"--vary {key}: not an option of any selected rule ("
+                               f"{', '.join(sorted({p.rule for p in presets}))}), an Adam setting "
+                               f"({', '.join(sorted(ADAM_FIELDS))}, or GROUP.SETTING) or val_size")
     variants: list[tuple[Preset, str, dict]] = []
     for preset in presets:
-        variants.append((preset, preset.name, {}))
+        keys = [key for key in grid if applies(key, preset.rule)]
+        if keys:
+            for values in itertools.product(*(grid[key] for key in keys)):
+                variant = dict(zip(keys, values))
+                variants.append((preset, variant_folder(preset.name, variant), variant))
+        else:
+            variants.append((preset, preset.name, {}))
         if aux_sweep and has_option(preset.rule, "aux_units"):
             own = preset.config().rule_options.get("aux_units")
             for size in aux_sweep:
@@ -172,14 +230,26 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
             if verify is not None:
                 config.data.verify = bool(verify)
             apply_variant(config, variant)
-            config.validate()
+            try:
+                config.validate()
+            except BiopropError as error:
+                raise BiopropError(f"{folder}: {error}") from None
             specs.append(RunSpec(preset.name, folder, seed, config, variant))
     return specs
 
 
 def apply_variant(config: TrainConfig, variant: dict) -> None:
-    """Applies a sweep variant (rule options) to a config."""
-    config.rule_options.update(variant)
+    """Applies a variant to a config: rule options, Adam settings (``eps`` for every group of the
+    rule, ``inverse.lr`` for one) and ``val_size``."""
+    for key, value in variant.items():
+        group, _, name = key.rpartition(".")
+        if key == "val_size":
+            config.data.val_size = value
+        elif group or key in ADAM_FIELDS:
+            for each in ([group] if group else RULES.get(config.rule).groups):
+                config.optimizers[each] = dataclasses.replace(config.optimizer_settings(each), **{name: value})
+        else:
+            config.rule_options[key] = value
 
 
 def has_option(rule: str, option: str) -> bool:

@@ -17,20 +17,35 @@ from bioprop.data import DataConfig
 from bioprop.errors import BiopropError
 
 
+EPS_CONVENTIONS = ("pytorch", "tensorflow")
+
+
 @dataclass
 class AdamConfig:
     """Adam (Kingma & Ba 2015) settings for one parameter group; with ``weight_decay`` > 0, AdamW's
-    decoupled decay (Loshchilov & Hutter 2019): every step also multiplies the weights by 1 - lr * weight_decay."""
+    decoupled decay (Loshchilov & Hutter 2019): every step also multiplies the weights by 1 - lr * weight_decay.
+
+    ``eps_convention`` says where ε enters the step (the paper's code was TensorFlow; Table 5's ε
+    reach 1e-3, large against these gradients, so this can matter):
+
+    * ``"pytorch"``: θ -= lr · m̂ / (√v̂ + ε), with the bias-corrected moments m̂, v̂ (PyTorch; the
+      algorithm as printed in Kingma & Ba);
+    * ``"tensorflow"``: θ -= lr · √(1-β2ᵗ)/(1-β1ᵗ) · m / (√v + ε), ε added to the *uncorrected* √v
+      (``tf.train.AdamOptimizer``, Keras; "ε̂" in Kingma & Ba §2). That is PyTorch's update with
+      ε / √(1-β2ᵗ) at step t: larger early on, the same once β2ᵗ is small.
+    """
 
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    eps_convention: str = "pytorch"
 
     def validate(self, group: str) -> None:
+        check_choice(self.eps_convention, f"{group} optimiser: eps_convention", EPS_CONVENTIONS)
         for name, value in asdict(self).items():
-            if not is_finite_number(value):
+            if name != "eps_convention" and not is_finite_number(value):
                 raise BiopropError(f"{group} optimiser: {name} must be a finite number, got {shown(value)}")
         if self.lr <= 0:
             raise BiopropError(f"{group} optimiser: learning rate must be > 0, got {shown(self.lr)}")

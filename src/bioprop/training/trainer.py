@@ -18,6 +18,7 @@ the same batches from where it stopped.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import defaultdict
@@ -71,9 +72,22 @@ def make_optimizer(parameters: list, adam: AdamConfig, implementation: str = "pl
     elif implementation == "plain":
         kernel = {"foreach": False}
     if adam.weight_decay > 0:
-        return torch.optim.AdamW(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps,
-                                 weight_decay=adam.weight_decay, **kernel)
-    return torch.optim.Adam(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps, **kernel)
+        optimizer = torch.optim.AdamW(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps,
+                                      weight_decay=adam.weight_decay, **kernel)
+    else:
+        optimizer = torch.optim.Adam(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps, **kernel)
+    if adam.eps_convention == "tensorflow":
+        optimizer.register_step_pre_hook(functools.partial(_tensorflow_epsilon, eps=adam.eps))
+    return optimizer
+
+
+def _tensorflow_epsilon(optimizer: torch.optim.Optimizer, args, kwargs, eps: float) -> None:
+    """Before step t of each group: ε_t = ε / √(1 - β2ᵗ), which turns PyTorch's update into
+    TensorFlow's (ε added to the uncorrected √v; :class:`~bioprop.training.config.AdamConfig`). The
+    step count lives in the group, so it is saved in checkpoints with the optimiser state."""
+    for group in optimizer.param_groups:
+        group["tensorflow_step"] = group.get("tensorflow_step", 0) + 1
+        group["eps"] = eps / math.sqrt(1.0 - group["betas"][1] ** group["tensorflow_step"])
 
 
 @dataclass

@@ -35,12 +35,14 @@ from __future__ import annotations
 import math
 import types
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
+from bioprop.checks import check_number
 from bioprop.errors import BiopropError
 from bioprop.models import Network
 from bioprop.nn.affine import AffineOps, affine_ops
@@ -77,6 +79,29 @@ def glorot_uniform_like(weight: torch.Tensor, ops: AffineOps, generator: torch.G
     bound = math.sqrt(6.0 / (fan_in + fan_out))
     sample = torch.rand(weight.shape, generator=generator, dtype=weight.dtype)
     return ((2 * sample - 1) * bound).to(weight.device)
+
+
+def glorot_normal_like(weight: torch.Tensor, ops: AffineOps, generator: torch.Generator) -> torch.Tensor:
+    """N(0, 2 / (fan_in + fan_out)): Glorot-uniform's variance, Gaussian."""
+    fan_in, fan_out = ops.fans()
+    sample = torch.randn(weight.shape, generator=generator, dtype=weight.dtype)
+    return (sample * math.sqrt(2.0 / (fan_in + fan_out))).to(weight.device)
+
+
+FEEDBACK_INITS = {"glorot-uniform": glorot_uniform_like, "glorot-normal": glorot_normal_like}
+
+
+@dataclass
+class FeedbackInitOptions:
+    """How a stored random feedback weight ``B`` is drawn (neither paper states it)."""
+
+    feedback_init: str = field(default="glorot-uniform", metadata={
+        "help": "distribution of the random feedback weights B: 'glorot-uniform' (as W) or 'glorot-normal' "
+                "(the same variance, Gaussian)",
+        "choices": list(FEEDBACK_INITS)})
+    feedback_scale: float = field(default=1.0, metadata={
+        "help": "factor on the random feedback weights B (> 0); under Adam it matters only through eps, as "
+                "it scales layer l's update by feedback_scale^(layers above l)"})
 
 
 class FeedbackSite:
@@ -124,6 +149,7 @@ class FeedbackAlignment(LearningRule):
     """Feedback alignment: ``delta_l = (B_{l+1}^T delta_{l+1}) * f'(a_l)`` with a fixed random ``B``
     (Lillicrap et al. 2016), drawn Glorot-uniform per layer."""
 
+    Options = FeedbackInitOptions
     #: whether ``B`` is an ``nn.Parameter`` (group "feedback") rather than a fixed buffer
     feedback_trainable: ClassVar[bool] = False
 
@@ -159,9 +185,19 @@ class FeedbackAlignment(LearningRule):
         return layers
 
     # -- what subclasses change ---------------------------------------------------------------
+    @classmethod
+    def check_options(cls, o) -> None:
+        if hasattr(o, "feedback_scale"):
+            check_number(o.feedback_scale, "feedback_scale", minimum=0, low_open=True)
+        super().check_options(o)
+
     def initial_feedback(self, site: FeedbackSite) -> torch.Tensor | None:
-        """The tensor stored for ``site`` (buffer or parameter), or None when ``B`` is computed from ``W``."""
-        return glorot_uniform_like(site.weight, site.ops, self.layer_generator(site.index))
+        """The tensor stored for ``site`` (buffer or parameter), or None when ``B`` is computed from ``W``:
+        drawn as ``feedback_init`` says, times ``feedback_scale``."""
+        draw = FEEDBACK_INITS[self.options.feedback_init]
+        feedback = draw(site.weight, site.ops, self.layer_generator(site.index))
+        scale = float(self.options.feedback_scale)
+        return feedback if scale == 1.0 else feedback * scale
 
     def feedback_weight(self, site: FeedbackSite | int) -> torch.Tensor:
         """The matrix that carries the error backwards through ``site`` (or layer index)."""

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from bioprop.rules.base import register_rule
+from bioprop.rules.base import LearningRule, register_rule
 from bioprop.rules.feedback.fa import CountsBatches, FeedbackAlignment, FeedbackSite, mixed_seed
 
 
@@ -31,6 +31,7 @@ class UniformSignFeedback(FeedbackAlignment):
 
     label = "uSF"
     preset_column = "fa"
+    Options = LearningRule.Options  # nothing random is drawn
 
     def initial_feedback(self, site):
         return None
@@ -52,6 +53,7 @@ class BatchwiseRandomSignFeedback(CountsBatches, FeedbackAlignment):
 
     label = "brSF"
     preset_column = "fa"
+    Options = LearningRule.Options  # magnitudes redrawn Glorot-uniform every batch
 
     def initial_feedback(self, site):
         return None

@@ -29,7 +29,7 @@ import torch
 
 from bioprop.checks import check_number
 from bioprop.rules.base import register_rule
-from bioprop.rules.feedback.fa import CountsBatches, FeedbackAlignment, FeedbackSite, mixed_seed
+from bioprop.rules.feedback.fa import CountsBatches, FeedbackAlignment, FeedbackInitOptions, FeedbackSite, mixed_seed
 
 
 @register_rule("wm")
@@ -44,7 +44,7 @@ class WeightMirror(CountsBatches, FeedbackAlignment):
     feedback_trainable = True
 
     @dataclass
-    class Options:
+    class Options(FeedbackInitOptions):
         mirror_noise: float = field(default=1.0, metadata={
             "help": "standard deviation sigma of the mirror step's input noise (> 0)"})
         mirror_decay: float = field(default=1.0, metadata={

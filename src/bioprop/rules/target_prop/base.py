@@ -12,7 +12,9 @@ Every rule of the family trains each block on *local* losses only (Bartunov et a
                                      f_l is evaluated without a graph, so only g_l learns from it
                                      (DRL and L-DRL override :meth:`TargetPropagationRule.inverse_losses`).
 
-All squared norms are summed over units and averaged over the batch. The rules differ only in
+Squared norms are summed over units and averaged over the batch by default (Lee et al.'s code);
+options ``forward_reduction`` and ``inverse_reduction`` average over every element instead
+(:data:`REDUCTIONS`: under Adam this matters only through ε). The rules differ only in
 the targets ĥ_l (:meth:`TargetPropagationRule.penultimate_target` and
 :meth:`TargetPropagationRule.propagate_target`) and in whether the output block has an inverse.
 
@@ -59,6 +61,12 @@ from bioprop.rules.target_prop.inverses import OutputInverse, _inverse_class, bu
 
 SCHEDULES = ("parallel", "alternating")
 INVERSE_LOSSES = ("noise-preserving", "denoising")
+#: How a squared-error local loss ½||a - b||² is reduced over a mini-batch (the papers write no
+#: convention): "unit-sum" sums over units and averages over the batch (Lee et al.'s DTP code,
+#: ``((x-y)**2).sum(axis=1).mean()``); "element-mean" averages over every element
+#: (``tf.reduce_mean`` / ``F.mse_loss``), i.e. "unit-sum" divided by the units of the layer.
+#: Under Adam the two differ only through ε, which Table 5 sets as large as 1e-3.
+REDUCTIONS = ("unit-sum", "element-mean")
 
 
 @dataclass
@@ -77,6 +85,15 @@ class TPOptions:
         "help": "target propagation: inverse training loss, 'noise-preserving' ||h~ - g(f(h~))||^2 or "
                 "'denoising' ||h - g(f(h~))||^2 (default: noise-preserving for dtp, denoising for the others)",
         "choices": list(INVERSE_LOSSES)})
+    forward_reduction: str = field(default="unit-sum", metadata={
+        "help": "target propagation: reduction of the hidden layers' forward losses 1/2||h - target||^2 over a "
+                "mini-batch: 'unit-sum' (sum over units, mean over the batch; Lee et al.'s code) or "
+                "'element-mean' (mean over every element)",
+        "choices": list(REDUCTIONS)})
+    inverse_reduction: str = field(default="unit-sum", metadata={
+        "help": "target propagation: reduction of the inverse losses over a mini-batch: 'unit-sum' or "
+                "'element-mean' (as --forward-reduction)",
+        "choices": list(REDUCTIONS)})
     diagnostics_every: int = field(default=20, metadata={
         "help": "target propagation: compute reconstruction errors and target/backprop angles every N "
                 "training batches (0: never)"})
@@ -96,9 +113,11 @@ class LocalLosses:
         return [*self.forward.values(), *self.inverse.values()]
 
 
-def squared_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """½ ||output - target||², summed over units, averaged over the batch."""
-    return F.mse_loss(output, target, reduction="sum") * (0.5 / output.shape[0])
+def squared_error(output: torch.Tensor, target: torch.Tensor, reduction: str = "unit-sum") -> torch.Tensor:
+    """½ ||output - target||², summed over units and averaged over the batch ("unit-sum"), or
+    averaged over every element ("element-mean"); see :data:`REDUCTIONS`."""
+    count = output.shape[0] if reduction == "unit-sum" else output.numel()
+    return F.mse_loss(output, target, reduction="sum") * (0.5 / count)
 
 
 def gaussian_noise(like: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -330,7 +349,8 @@ class TargetPropagationRule(LearningRule):
                 above = self.block_without_graph(index, noisy)
                 if index == last:
                     above = self.output_features(noisy, above)
-            losses[index] = squared_error(self.inverse(index)(above), noisy if preserving else clean)
+            losses[index] = squared_error(self.inverse(index)(above), noisy if preserving else clean,
+                                          self.options.inverse_reduction)
         return losses
 
     def local_losses(self, x, y, forward: bool = True, inverse: bool = True, targets: bool = False) -> LocalLosses:
@@ -341,7 +361,7 @@ class TargetPropagationRule(LearningRule):
         target_list = self.targets(h, y) if forward or targets else None
         if forward:
             for index, target in enumerate(target_list):
-                forward_losses[index] = squared_error(hidden[index], target)
+                forward_losses[index] = squared_error(hidden[index], target, self.options.forward_reduction)
             forward_losses[len(h) - 1] = self.output_loss(hidden[-1], h, y)
         loss = task_loss(h[-1], y)
         inverse_losses = self.inverse_losses(h) if inverse else {}

@@ -92,12 +92,13 @@ def feedback_shifts(g: nn.Module, base: torch.Tensor, points: list[torch.Tensor]
 
 
 def local_difference_reconstruction_loss(g: nn.Module, output: torch.Tensor, noisy_output: torch.Tensor,
-                                         dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+                                         dx: torch.Tensor, dy: torch.Tensor, reduction: str = "unit-sum") -> torch.Tensor:
     """Ernoult et al.'s L-DRL of feedback ``g`` for ``output`` = F(x), ``noisy_output`` = F(x + dx):
-    ``-2 <dx, g(F(x + dx)) - g(F(x))> + ||g(F(x) + dy) - g(F(x))||²``, summed over units, averaged
-    over the batch."""
+    ``-2 <dx, g(F(x + dx)) - g(F(x))> + ||g(F(x) + dy) - g(F(x))||²``, summed over units and averaged
+    over the batch ("unit-sum"), or averaged over every element of g's output ("element-mean")."""
     shift_x, shift_y = feedback_shifts(g, output, [noisy_output, output + dy])
-    return (shift_y.pow(2).sum() - 2 * (dx * shift_x).sum()) / output.shape[0]
+    count = shift_x.shape[0] if reduction == "unit-sum" else shift_x.numel()
+    return (shift_y.pow(2).sum() - 2 * (dx * shift_x).sum()) / count
 
 
 @dataclass
@@ -145,7 +146,7 @@ class LogitTargetRule(TargetPropagationRule):
         return self.difference(self.inverse(last), h[-2], h[-1], self.logit_target(h[-1], y))
 
     def output_loss(self, logits, h, y):
-        return squared_error(logits, self.logit_target(h[-1], y))
+        return squared_error(logits, self.logit_target(h[-1], y), self.options.forward_reduction)
 
     # -- feedback losses ---------------------------------------------------------------------------
     def inverse_losses(self, h):
@@ -180,7 +181,8 @@ class LocalDifferenceReconstruction(LogitTargetRule):
             below, above = h[index - 1], h[index]
             dx, dy = self.noise_like(below, sigma), self.noise_like(above, sigma)
             noisy_above = self.block_without_graph(index, below + dx)
-            losses[index] = local_difference_reconstruction_loss(self.inverse(index), above, noisy_above, dx, dy)
+            losses[index] = local_difference_reconstruction_loss(self.inverse(index), above, noisy_above, dx, dy,
+                                                                 self.options.inverse_reduction)
         return losses
 
 
@@ -225,7 +227,9 @@ class DifferenceReconstruction(LogitTargetRule):
             if damping > 0:
                 points.append(self.chain_down(h, clean, h[last] + self.noise_like(h[last], sigma), index))
             shifts = feedback_shifts(self.inverse(index), h[index], points)  # t_{l-1} - h_{l-1}
-            losses[index] = squared_error(shifts[0], dx)
+            reduction = self.options.inverse_reduction
+            losses[index] = squared_error(shifts[0], dx, reduction)
             if damping > 0:
-                losses[index] = losses[index] + damping * squared_error(shifts[1], torch.zeros_like(shifts[1]))
+                losses[index] = losses[index] + damping * squared_error(shifts[1], torch.zeros_like(shifts[1]),
+                                                                        reduction)
         return losses

@@ -1,0 +1,107 @@
+"""Adam's epsilon convention (``AdamConfig.eps_convention``): PyTorch adds ε to the bias-corrected
+√v̂; TensorFlow (the paper's framework) to the uncorrected √v. Known answers by hand, every Adam
+kernel, and a resume that continues the step count."""
+
+import math
+
+import pytest
+import torch
+
+from bioprop.cli.args import UsageError
+from bioprop.errors import BiopropError
+from bioprop.training.config import AdamConfig
+from bioprop.training.trainer import make_optimizer
+
+IMPLEMENTATIONS = ["plain", "foreach", "fused"]
+
+
+def tensorflow_adam(gradients, lr, beta1, beta2, eps):
+    """tf.train.AdamOptimizer's update, written out: lr_t = lr √(1-β2ᵗ)/(1-β1ᵗ), θ -= lr_t m/(√v + ε)."""
+    theta, m, v, path = 0.0, 0.0, 0.0, []
+    for t, g in enumerate(gradients, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        theta -= lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t) * m / (math.sqrt(v) + eps)
+        path.append(theta)
+    return path
+
+
+def run(adam, gradients, implementation="plain"):
+    parameter = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = make_optimizer([parameter], adam, implementation, torch.device("cpu"))
+    path = []
+    for g in gradients:
+        parameter.grad = torch.tensor([g], dtype=torch.float64)
+        optimizer.step()
+        path.append(parameter.item())
+    return path, optimizer
+
+
+GRADIENTS = [1e-3, -2e-3, 5e-4, 1e-3, 3e-3, -1e-3]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_tensorflow_convention_is_tensorflows_update(implementation):
+    adam = AdamConfig(lr=0.1, beta1=0.9, beta2=0.95, eps=1e-3, eps_convention="tensorflow")
+    path, _ = run(adam, GRADIENTS, implementation)
+    assert path == pytest.approx(tensorflow_adam(GRADIENTS, 0.1, 0.9, 0.95, 1e-3), rel=1e-9)
+
+
+def test_the_two_conventions_differ_early_and_agree_once_beta2_power_vanishes():
+    """At step 1 with |g| << ε PyTorch moves lr·|g|/(|g| + ε); TensorFlow lr·|g|/(|g| + ε/√(1-β2))."""
+    g = [1e-3] * 400
+    torch_path, _ = run(AdamConfig(lr=1.0, beta1=0.9, beta2=0.95, eps=1e-3), g)
+    tf_path, _ = run(AdamConfig(lr=1.0, beta1=0.9, beta2=0.95, eps=1e-3, eps_convention="tensorflow"), g)
+    assert -torch_path[0] == pytest.approx(1e-3 / (1e-3 + 1e-3))
+    assert -tf_path[0] == pytest.approx(1e-3 / (1e-3 + 1e-3 / math.sqrt(0.05)))
+    steps_late = [b - a for a, b in zip(torch_path[-3:], torch_path[-2:])]
+    steps_late_tf = [b - a for a, b in zip(tf_path[-3:], tf_path[-2:])]
+    assert steps_late_tf == pytest.approx(steps_late, rel=1e-9)
+
+
+def test_pytorch_convention_is_torch_adam():
+    adam = AdamConfig(lr=0.1, beta1=0.9, beta2=0.95, eps=1e-3)
+    path, _ = run(adam, GRADIENTS)
+    parameter = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    reference = torch.optim.Adam([parameter], lr=0.1, betas=(0.9, 0.95), eps=1e-3)
+    expected = []
+    for g in GRADIENTS:
+        parameter.grad = torch.tensor([g], dtype=torch.float64)
+        reference.step()
+        expected.append(parameter.item())
+    assert path == expected
+
+
+def test_the_step_count_is_saved_with_the_optimiser_state():
+    adam = AdamConfig(lr=0.1, beta1=0.9, beta2=0.95, eps=1e-3, eps_convention="tensorflow")
+    straight, _ = run(adam, GRADIENTS)
+    first, optimizer = run(adam, GRADIENTS[:3])
+    state = optimizer.state_dict()
+    parameter = torch.tensor([first[-1]], dtype=torch.float64, requires_grad=True)
+    resumed = make_optimizer([parameter], adam, "plain", torch.device("cpu"))
+    resumed.load_state_dict(state)
+    rest = []
+    for g in GRADIENTS[3:]:
+        parameter.grad = torch.tensor([g], dtype=torch.float64)
+        resumed.step()
+        rest.append(parameter.item())
+    assert first + rest == pytest.approx(straight, rel=1e-12)
+
+
+def test_bad_convention_is_named():
+    with pytest.raises(BiopropError, match="eps_convention"):
+        AdamConfig(eps_convention="keras").validate("forward")
+
+
+def test_cli_sets_the_convention_for_every_group_of_the_rule():
+    from bioprop.cli import parse_args
+    from bioprop.cli.train import prepare
+
+    config, _ = prepare(parse_args(["train", "--preset", "mnist-fc-sdtp-parallel", "--eps-convention", "tensorflow"]))
+    assert {group: adam.eps_convention for group, adam in config.optimizers.items()} == \
+        {"forward": "tensorflow", "inverse": "tensorflow"}
+    assert config.optimizers["inverse"].eps == 1e-6  # the preset's other settings stay
+    config, _ = prepare(parse_args(["train", "--preset", "mnist-fc-kp", "--eps-convention", "tensorflow"]))
+    assert config.optimizers["feedback"].eps_convention == "tensorflow"  # a group that follows another
+    with pytest.raises(UsageError, match="--eps-convention: invalid choice: 'keras'"):
+        parse_args(["train", "--preset", "mnist-fc-bp", "--eps-convention", "keras"])
