@@ -12,7 +12,7 @@ from bioprop.models.network import Block, Network
 def batch(model, size=4, seed=0, dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(size, *model.input_shape, generator=generator, dtype=dtype)
-    y = torch.randint(0, model.num_classes, (size,), generator=generator)
+    y = torch.randint(0, model.num_classes or 10, (size,), generator=generator)  # (an autoencoder ignores y)
     return x, y
 
 

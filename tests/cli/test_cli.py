@@ -25,7 +25,8 @@ def test_train_end_to_end_on_real_mnist(shared_data, tmp_path, capsys):
     assert code == 0, err
     assert "epoch   1/1" in out and "test" in out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["optimizers"]["forward"] == {"lr": 1e-3, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0}
+    assert saved["optimizers"]["forward"] == {"lr": 1e-3, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0,
+                                           "eps_convention": "pytorch"}
     assert saved["data"]["val_size"] == 500 and saved["rule"] == "dfa"
 
 

@@ -16,7 +16,7 @@ def meta_model(name):
 
 def test_registry_holds_every_network_of_the_paper():
     assert set(list_models()) == {"mnist-fc", "mnist-lc", "mnist-conv", "cifar-fc", "cifar-lc", "cifar-conv",
-                                  "imagenet-lc", "imagenet-conv"}
+                                  "imagenet-lc", "imagenet-conv", "mnist-autoencoder"}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_WEIGHTS))
@@ -47,7 +47,7 @@ def test_forward_shapes_tanh_hidden_and_glorot(name):
     model = create_model(name)
     x = torch.randn(3, *model.input_shape)
     activations = model.hidden_activations(x)
-    assert activations[-1].shape == (3, model.num_classes)
+    assert activations[-1].shape == (3, model.output_units)
     for h in activations[:-1]:
         assert h.abs().max() <= 1  # tanh
     assert [b.activation for b in model.blocks] == ["tanh"] * (len(model.blocks) - 1) + ["identity"]
@@ -86,3 +86,14 @@ def test_unknown_model_names_the_choices():
 def test_fc_then_lc_is_rejected():
     with pytest.raises(ValueError, match="cannot follow"):
         build_network("bad", (1, 8, 8), [LayerSpec("fc", 4), LayerSpec("lc", 2, 3)], 2)
+
+
+def test_mnist_autoencoder_is_784_512_64_512_784_tanh_with_a_linear_output():
+    """App. 5.5: "784-512-64-512-784 on MNIST"; tanh hidden units, a linear output reconstructing x."""
+    model = meta_model("mnist-autoencoder")
+    assert [(layer.in_features, layer.out_features) for layer in model.layers] == \
+        [(784, 512), (512, 64), (64, 512), (512, 784)]
+    assert [block.activation for block in model.blocks] == ["tanh", "tanh", "tanh", "identity"]
+    assert model.task == "reconstruction" and model.num_classes is None and model.output_units == 784
+    assert model.num_weights() == 2 * (784 * 512 + 512 * 64)
+    assert create_model("mnist-fc").task == "classification"

@@ -14,6 +14,7 @@ from bioprop.models import create_model
 from bioprop.presets import DECISIONS, PRESETS, get_preset, list_presets, select_presets
 from bioprop.presets import paper
 from bioprop.rules import RULES
+from bioprop.tasks import task_of
 
 
 @pytest.mark.parametrize("name", PRESETS.names())
@@ -26,7 +27,8 @@ def test_preset_builds_a_valid_config(name):
         model = create_model(config.model)
     info = dataset_info(config.data.name)
     assert tuple(model.input_shape) == tuple(info.input_shape)
-    assert model.num_classes == info.num_classes
+    assert model.output_units == task_of(model).output_units(info.input_shape, info.num_classes)
+    assert model.num_classes == (info.num_classes if task_of(model).name == "classification" else None)
     assert config.rule in RULES, f"rule {config.rule!r} is not registered"
     accepted = {f.name for f in dataclasses.fields(RULES.get(config.rule).Options)}
     assert set(config.rule_options) <= accepted
@@ -41,7 +43,7 @@ def test_preset_builds_a_valid_config(name):
     elif preset.cell.table == "2":
         assert preset.paper.test_error is not None and preset.paper.test_top5_error is not None
     else:
-        assert preset.cell.table in ("fashion", "beyond") and preset.paper.test_error is None
+        assert preset.cell.table in ("fashion", "beyond", "autoencoder") and preset.paper.test_error is None
     # the TrainConfig round-trips through JSON-able dicts
     assert type(config).from_dict(config.to_dict()) == config
 
@@ -61,7 +63,7 @@ def test_every_table_cell_has_a_preset():
 def test_table_values_reach_the_config():
     config = get_preset("mnist-fc-dtp-alternating").config()
     assert config.rule == "dtp" and config.model == "mnist-fc"
-    assert config.rule_options == {"schedule": "alternating", "alpha": 0.232, "noise": 0.220}
+    assert config.rule_options == {"schedule": "alternating", "alpha": 0.232, "noise": 0.220, **paper.TP_CONVENTIONS}
     forward, inverse = config.optimizers["forward"], config.optimizers["inverse"]
     assert (forward.lr, forward.beta1, forward.beta2, forward.eps) == (3.08e-4, 0.99, 0.99, 1e-4)
     # inverse beta1: Table 5 says .99, the preset uses Table 4's fixed 0.9 (reference section 7)
@@ -161,3 +163,18 @@ def test_rules_beyond_the_paper_get_presets_on_every_network_from_their_column()
     assert "alpha" not in drl.rule_options  # only the options the rule has
     assert get_preset("cifar-lc-hybrid").config().rule_options["alpha"] == dtp.rule_options["alpha"]
     assert "mnist-fc-kp" not in {p.name for p in select_presets(["mnist"])}  # the paper's groups stay the paper's
+
+
+def test_the_studys_conventions_reach_every_paper_tp_cell_and_no_other():
+    """TP_CONVENTIONS (the factorial study's choice) on every cell of the paper run by a TP rule; the
+    rules beyond the paper keep their own defaults (their committed results were made with them)."""
+    tp_cells = 0
+    for preset in list_presets():
+        options = preset.config().rule_options
+        has = "inverse_reduction" in RULES.get(preset.rule).Options.__dataclass_fields__
+        if has and not preset.beyond:
+            assert {k: options[k] for k in paper.TP_CONVENTIONS} == paper.TP_CONVENTIONS, preset.name
+            tp_cells += 1
+        else:
+            assert not set(paper.TP_CONVENTIONS) & set(options), preset.name
+    assert tp_cells >= 6 * 4 + 3  # MNIST, Fashion-MNIST, CIFAR-10 (FC and LC) and ImageNet TP cells

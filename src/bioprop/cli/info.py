@@ -15,7 +15,8 @@ from bioprop.rules import RULES
 def add_parser(subparsers) -> None:
     models = subparsers.add_parser("models", help="list the registered networks",
                                    description="List the networks (--model names) with their input shape, "
-                                               "classes, weight counts and layers.")
+                                               "outputs (classes, or the input's units for an autoencoder), "
+                                               "task, weight counts and layers.")
     models.set_defaults(func=show_models)
     rules = subparsers.add_parser("rules", help="list the registered learning rules and their options",
                                   description="List the learning rules (--rule names), each with its options "
@@ -24,13 +25,13 @@ def add_parser(subparsers) -> None:
 
 
 def show_models(args) -> int:
-    print(f"{'model':<14} {'input':<14} {'classes':>7} {'weights':>12}  layers")
+    print(f"{'model':<17} {'input':<14} {'outputs':>7} {'task':<14} {'weights':>12}  layers")
     for name in list_models():
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             model = create_model(name)
         layers = " -> ".join(type(layer).__name__.replace("LocallyConnected2d", "LC") for layer in model.layers)
         shape = "x".join(map(str, model.input_shape))
-        print(f"{name:<14} {shape:<14} {model.num_classes:>7} {model.num_weights():>12,}  {layers}")
+        print(f"{name:<17} {shape:<14} {model.output_units:>7} {model.task:<14} {model.num_weights():>12,}  {layers}")
     return 0
 
 

@@ -50,13 +50,13 @@ def run(args) -> int:
         raise BiopropError(f"no preset matches {args.pattern!r}{hint} "
                            f"(groups: {', '.join(GROUPS)}; a glob such as 'cifar-lc-*' or a part of a name such as "
                            "dtp also works)")
-    print(f"{'preset':<38} {'paper test':>10} {'paper train':>11}  {'rule':<8} {'model':<14} schedule")
+    print(f"{'preset':<38} {'paper test':>10} {'paper train':>11}  {'rule':<8} {'model':<17} schedule")
     for p in presets:
         numbers = p.paper if p.paper.test_error is not None else None
         test = f"{numbers.test_error:.2f}" if numbers else "–"
         train = f"{numbers.train_error:.2f}" if numbers and numbers.train_error is not None else "–"
         config = p.config()
-        print(f"{p.name:<38} {test:>10} {train:>11}  {config.rule:<8} {config.model:<14} "
+        print(f"{p.name:<38} {test:>10} {train:>11}  {config.rule:<8} {config.model:<17} "
               f"{config.rule_options.get('schedule', '')}")
     print(f"\n{len(presets)} presets. Groups for `bioprop reproduce`: "
           + "; ".join(f"{name} ({what})" for name, what in GROUPS.items()))

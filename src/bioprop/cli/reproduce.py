@@ -44,6 +44,11 @@ def add_parser(subparsers) -> None:
                              "a rule option (forward_reduction=unit-sum,element-mean), an Adam setting of every "
                              "group (eps_convention=pytorch,tensorflow) or of one (inverse.lr=1e-4,1e-3), or "
                              "val_size; folders <preset>.KEY=VALUE... (default: no variants)")
+    parser.add_argument("--protocol", choices=("honest", "paper", "both"), default="honest",
+                        help="honest: hold out the preset's validation split and report the test error at the "
+                             "best-validation epoch; paper: the paper's protocol, every run trained on all the "
+                             "training data (val_size 0), the best test error over training reported (selection "
+                             "on the test set), folders <preset>.protocol=paper; both: the two (default: honest)")
     parser.add_argument("--alignment-every", type=positive_int, metavar="N",
                         help="measure alignment with backprop every N steps in every run (per layer; plotted by "
                              "the report) (default: off)")
@@ -64,6 +69,12 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+PROTOCOL_LINES = {
+    "honest": "honest (a validation split held out of the training data selects the epoch)",
+    "paper": "paper (all the training data, val_size 0; the best test error over training is reported)",
+    "both": "both (each run honest, and again under the paper's protocol in <preset>.protocol=paper)"}
+
+
 def canonical_command(args) -> list[str]:
     """The command line, rebuilt from the parsed flags (for the report's "Commands" section)."""
     argv = ["reproduce", *args.targets, "--seeds", str(args.seeds)]
@@ -73,6 +84,8 @@ def canonical_command(args) -> list[str]:
         argv += ["--limit-batches", value]
     for value in args.vary or []:
         argv += ["--vary", value]
+    if args.protocol != "honest":
+        argv += ["--protocol", args.protocol]
     argv += ["--out", str(args.out)]
     for flag in ("data_dir", "limit_eval_batches", "aux_sweep", "alignment_every", "device", "threads",
                  "report_out"):
@@ -96,15 +109,17 @@ def run(args) -> int:
     presets = select_presets(args.targets)
     specs = plan_runs(presets, seeds=args.seeds, epochs=EpochBudget.parse(args.epochs),
                       aux_sweep=parse_int_list(args.aux_sweep, "--aux-sweep"), grid=parse_grid(args.vary),
+                      protocol=args.protocol,
                       data_dir=args.data_dir,
                       limit_batches=EpochBudget.parse(args.limit_batches, "--limit-batches"),
                       limit_eval_batches=args.limit_eval_batches, alignment_every=args.alignment_every,
                       device=args.device, verify=args.verify)
     if args.dry_run:
+        print(f"protocol: {PROTOCOL_LINES[args.protocol]}")
         for spec in specs:
             state, done = run_state(spec.path(args.out), spec.config.epochs)
             print(f"{spec.tag:<48} {state:<8} {done}/{spec.config.epochs} epochs  {spec.config.rule} "
-                  f"{spec.config.model}")
+                  f"{spec.config.model}  val_size {spec.config.data.val_size}")
         return 0
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
     if main_process:

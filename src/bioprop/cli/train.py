@@ -14,6 +14,7 @@ from bioprop.data.sources import check_data_folder
 from bioprop.errors import BiopropError
 from bioprop.models import MODELS
 from bioprop.rules import RULES
+from bioprop.tasks import task_of_row
 from bioprop.training import AdamConfig, TrainConfig, train
 from bioprop.training.config import EPS_CONVENTIONS, OPTIMIZER_IMPLS, PRECISIONS, rule_group_names
 
@@ -237,9 +238,12 @@ def run(args) -> int:
     config, out = prepare(args)
     result = train(config, out=out, resume=args.resume, progress=show_progress(args))
     summary = result["summary"]
-    print(f"final test error {summary['final_test_error']:.2f}%  best test error {summary['best_test_error']:.2f}%"
-          + (f"  test error at best val {summary['test_error_at_best_val']:.2f}%"
-             if "test_error_at_best_val" in summary else ""))
+    task = task_of_row({key.removeprefix("final_"): value for key, value in summary.items()})
+    metric, words, shown = task.metric, task.metric.replace("_", " "), task.format_metric
+    print(f"final test {words} {shown(summary[f'final_test_{metric}']).strip()}  best test {words} "
+          f"{shown(summary[f'best_test_{metric}']).strip()}"
+          + (f"  test {words} at best val {shown(summary[f'test_{metric}_at_best_val']).strip()}"
+             if f"test_{metric}_at_best_val" in summary else ""))
     if out is not None:
         print(f"run folder: {out}")
     return 0

@@ -58,6 +58,7 @@ from bioprop.models import MODELS, create_model
 from bioprop.nn import locally_connected
 from bioprop.registry import Registry
 from bioprop.rules import RULES, create_rule
+from bioprop.tasks import task_of
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 ADAM_MOMENTS = 2  # exp_avg and exp_avg_sq, each shaped and typed like its parameter
@@ -195,9 +196,12 @@ def parse_memory(text: str) -> int:
 
 
 def matching_dataset(network) -> str | None:
-    """The dataset whose images and classes fit ``network``; ties go to the one it is named after."""
+    """The dataset whose images and classes (outputs, for the network's task) fit ``network``; ties go
+    to the one it is named after."""
+    task = task_of(network)
     fitting = [name for name in DATASETS.names() if DATASETS.get(name).info.input_shape == network.input_shape
-               and DATASETS.get(name).info.num_classes == network.num_classes]
+               and task.output_units(DATASETS.get(name).info.input_shape, DATASETS.get(name).info.num_classes)
+               == network.output_units]
     named_after = [name for name in fitting if network.name.startswith(name.rstrip("0123456789"))]
     return (named_after or fitting or [None])[0]
 

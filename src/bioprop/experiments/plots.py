@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, Agg backend, PNG): learning curves as in the paper's
-Figures 2, 3 and 8, the AO-SDTP auxiliary-size sweep (Figure 4) and the random-search
-histograms (Figure 5)."""
+Figures 2, 3 and 8, the AO-SDTP auxiliary-size sweep (Figure 4), the random-search
+histograms (Figure 5), and the MNIST autoencoder's reconstruction-error curves and
+reconstructions (Figures 6 and 7)."""
 
 from __future__ import annotations
 
@@ -169,6 +170,54 @@ def alignment_grid(panels: list[tuple[str, dict[str, tuple[list[int], list[float
         ax.axis("off")
     fig.suptitle(f"{title}: angle to backprop (degrees); update solid, feedback vs forward weights dashed",
                  fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reconstruction_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: str) -> Path:
+    """Figure 6: mean over seeds of the train (dashed) and test (solid) reconstruction error (mean
+    squared error per pixel) by epoch, one colour per method. ``cells`` = (method key, label, runs)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for method, label, runs in cells:
+        color = _color(method)
+        epochs, test = mean_curve(runs, "test_reconstruction_error")
+        marker = "o" if len(epochs) <= 20 else None  # short runs: the points stay visible
+        ax.plot(epochs, test, "-", color=color, label=label, lw=1.6, marker=marker, ms=3)
+        e_tr, train = mean_curve(runs, "train_reconstruction_error")
+        ax.plot(e_tr, train, "--", color=color, lw=1.1, alpha=0.9, marker=marker, ms=2.5, mfc="none")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("reconstruction error (MSE per pixel)")
+    ax.set_title(f"{title} (test solid, train dashed; mean over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reconstruction_grid(rows: list[tuple[str, "torch.Tensor"]], path: Path, title: str) -> Path:
+    """Figure 7: one row of images per entry of ``rows`` = (label, images ``(n, C, H, W)`` on the
+    [0, 1] scale), e.g. the test digits, then each method's reconstructions of them."""
+    columns = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1.2, 1.15 * len(rows) + 0.4),
+                             squeeze=False)
+    for ax_row, (label, images) in zip(axes, rows):
+        for index, ax in enumerate(ax_row):
+            ax.set_xticks([]), ax.set_yticks([])
+            if index < len(images):
+                image = images[index]
+                if image.shape[0] == 1:
+                    ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+                else:
+                    ax.imshow(image.permute(1, 2, 0).numpy(), vmin=0, vmax=1)
+            else:
+                ax.axis("off")
+        ax_row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

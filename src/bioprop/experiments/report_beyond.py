@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from bioprop.experiments import plots
-from bioprop.experiments.runs import Run, diagnostic_curve, row_diagnostics, stat
+from bioprop.experiments.runs import Run, diagnostic_curve, epochs_run, row_diagnostics, seeds_cell, stat
 from bioprop.presets import PRESETS, Preset, sort_key
 
 
 def _presets(dataset: str, by_preset: dict[str, list[Run]]) -> list[Preset]:
     chosen = [PRESETS.get(name) for name in by_preset if name in PRESETS]
-    return sorted([p for p in chosen if p.dataset == dataset], key=sort_key)
+    return sorted([p for p in chosen if p.dataset == dataset and not p.autoencoder], key=sort_key)
 
 
 def _curves(runs: list[Run], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -55,13 +55,11 @@ def beyond_section(dataset: str, by_preset: dict[str, list[Run]], out: Path) -> 
           "|---|---|---:|---:|---:|---:|---:|---|"]
     for preset in presets:
         runs = by_preset[preset.name]
-        epochs = "/".join(sorted({str(r.summary["epochs"]) for r in runs}))
-        diverged = sum(r.status == "diverged" for r in runs)
-        note = f" ({diverged} diverged)" if diverged else ""
         tag = "" if preset.beyond else " (paper)"
         md.append(f"| {preset.cell.arch.upper()} | {preset.label}{tag} | "
-                  f"{stat(runs, 'test_error_at_best_val').fmt()}{note} | {stat(runs, 'best_test_error').fmt()} | "
-                  f"{stat(runs, 'final_train_error').fmt()} | {len(runs)} | {epochs} | {_final_angles(runs)} |")
+                  f"{stat(runs, 'test_error_at_best_val').fmt()} | {stat(runs, 'best_test_error').fmt()} | "
+                  f"{stat(runs, 'final_train_error').fmt()} | {seeds_cell(runs)} | {epochs_run(runs)} | "
+                  f"{_final_angles(runs)} |")
     md.append("")
     for arch in ("fc", "lc"):
         chosen = [p for p in presets if p.cell.arch == arch]

@@ -7,7 +7,9 @@ Layout of an output folder ``DIR``::
     DIR/<run>/seed<k>/                 one training run: config.json, metrics.jsonl,
                                        results.json, checkpoint.pt, train.log
 
-``<run>`` is the preset name, or ``<preset>.aux-<n>`` for the AO-SDTP auxiliary-size sweep.
+``<run>`` is the preset name, ``<preset>.aux-<n>`` for the AO-SDTP auxiliary-size sweep,
+``<preset>.KEY=VALUE...`` for a ``--vary`` study, and ends in ``.protocol=paper`` for a run under
+the paper's protocol (``--protocol paper``: all the training data, no validation hold-out).
 A run whose metrics already cover the epoch budget is skipped; a run with a checkpoint resumes
 from it (so raising ``--epochs`` later extends finished runs); anything else starts afresh.
 """
@@ -35,6 +37,8 @@ from bioprop.training.checkpoint import save_json
 
 SPEC = "spec.json"
 RECORD = "reproduce.json"
+PROTOCOLS = ("honest", "paper")
+PAPER_PROTOCOL = {"protocol": "paper"}  # the variant of a run under the paper's protocol
 
 
 # -- epoch budgets -----------------------------------------------------------------------------
@@ -166,6 +170,16 @@ def applies(key: str, rule: str) -> bool:
     return key in ADAM_FIELDS or key == "val_size" or has_option(rule, key)
 
 
+def protocol_variants(protocol: str) -> list[dict]:
+    """The variants ``--protocol`` adds to every run: honest -> none (the plain run), paper -> the
+    paper's protocol (trained on all the training data: ``val_size`` 0), both -> the two."""
+    choices = {"honest": [{}], "paper": [PAPER_PROTOCOL], "both": [{}, PAPER_PROTOCOL]}
+    if protocol not in choices:
+        raise BiopropError(f"--protocol {protocol!r}: expected honest (a held-out validation split selects the "
+                           "epoch), paper (all training data, the best test error) or both")
+    return choices[protocol]
+
+
 def variant_folder(preset: str, variant: dict) -> str:
     """``<preset>.KEY=VALUE...`` (the AO-SDTP size sweep keeps its ``<preset>.aux-<n>``)."""
     return preset + "".join(f".{key}={value}" for key, value in variant.items())
@@ -173,7 +187,7 @@ def variant_folder(preset: str, variant: dict) -> str:
 
 def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBudget | None = None,
               aux_sweep: list[int] | None = None, limit_batches: EpochBudget | int | None = None,
-              grid: dict[str, list] | None = None, **overrides) -> list[RunSpec]:
+              grid: dict[str, list] | None = None, protocol: str = "honest", **overrides) -> list[RunSpec]:
     """Every (preset or sweep variant) x seed, seed-major so that early results cover every cell.
 
     ``overrides`` are TrainConfig fields (``limit_eval_batches``, ``device``), ``data_dir`` or
@@ -183,6 +197,8 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
     variant per auxiliary size (the preset's own size is the plain run).
     ``grid`` (:func:`parse_grid`) replaces each preset by every combination of the values of the
     keys that apply to its rule (folders :func:`variant_folder`), for studies of settings.
+    ``protocol`` (:func:`protocol_variants`): "paper" runs every one of these under the paper's
+    protocol instead (folders ending in ``.protocol=paper``), "both" runs both.
     """
     if isinstance(seeds, int):
         if seeds < 1:
@@ -194,6 +210,12 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
     data_dir = overrides.pop("data_dir", None)
     verify = overrides.pop("verify", None)
     grid = grid or {}
+    protocols = protocol_variants(protocol)
+    if "protocol" in grid:
+        raise BiopropError("--vary protocol: use --protocol honest|paper|both")
+    if "val_size" in grid and PAPER_PROTOCOL in protocols:
+        raise BiopropError(f"--vary val_size with --protocol {protocol}: the paper's protocol trains on all the "
+                           "training data (val_size 0)")
     for key in grid:
         if not any(applies(key, preset.rule) for preset in presets):
             raise BiopropError(f"--vary {key}: not an option of any selected rule ("
@@ -213,6 +235,8 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
             for size in aux_sweep:
                 if size != own:
                     variants.append((preset, f"{preset.name}.aux-{size}", {"aux_units": size}))
+    variants = [(preset, folder + "".join(f".{k}={v}" for k, v in extra.items()), {**variant, **extra})
+                for preset, folder, variant in variants for extra in protocols]
     if aux_sweep and not any(has_option(p.rule, "aux_units") for p in presets):
         raise BiopropError("--aux-sweep needs at least one AO-SDTP preset (e.g. cifar10 or 'cifar-*-ao-sdtp-*')")
     specs = []
@@ -240,11 +264,16 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
 
 def apply_variant(config: TrainConfig, variant: dict) -> None:
     """Applies a variant to a config: rule options, Adam settings (``eps`` for every group of the
-    rule, ``inverse.lr`` for one) and ``val_size``."""
+    rule, ``inverse.lr`` for one), ``val_size`` and ``protocol`` (paper: ``val_size`` 0)."""
     for key, value in variant.items():
         group, _, name = key.rpartition(".")
         if key == "val_size":
             config.data.val_size = value
+        elif key == "protocol":
+            if value not in PROTOCOLS:
+                raise BiopropError(f"protocol {value!r}: expected honest or paper")
+            if value == "paper":
+                config.data.val_size = 0
         elif group or key in ADAM_FIELDS:
             for each in ([group] if group else RULES.get(config.rule).groups):
                 config.optimizers[each] = dataclasses.replace(config.optimizer_settings(each), **{name: value})
@@ -355,10 +384,12 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
 
     def finished(spec: RunSpec, result: dict) -> None:
         s = result["summary"]
-        honest = s.get("test_error_at_best_val")
+        metric = "reconstruction_error" if "best_test_reconstruction_error" in s else "error"
+        unit = "" if metric == "reconstruction_error" else "%"
+        honest = s.get(f"test_{metric}_at_best_val")
         log(f"done   {spec.tag}: {s.get('epochs')} epochs in {result['seconds']:.0f}s, best test "
-            f"{s.get('best_test_error', float('nan')):.2f}%"
-            + (f", test at best val {honest:.2f}%" if honest is not None else ""))
+            f"{metric.replace('_', ' ')} {s.get(f'best_test_{metric}', float('nan')):.4g}{unit}"
+            + (f", test at best val {honest:.4g}{unit}" if honest is not None else ""))
         ran.append(spec)
 
     def failure(spec: RunSpec, error: Exception) -> None:

@@ -41,6 +41,18 @@ class Run:
         return summarize(self.metrics)
 
     @property
+    def budget(self) -> int:
+        """The epochs the run was meant to train: its config's ``epochs`` (the epochs done when unknown)."""
+        return int(self.config.get("epochs") or self.summary["epochs"])
+
+    @property
+    def state(self) -> str:
+        """"diverged", "unfinished" (fewer epochs than its budget) or "ok"; only "ok" runs are averaged."""
+        if self.status == "diverged":
+            return "diverged"
+        return "unfinished" if self.summary["epochs"] < self.budget else "ok"
+
+    @property
     def preset_obj(self) -> Preset | None:
         return PRESETS.get(self.preset) if self.preset in PRESETS else None
 
@@ -122,9 +134,41 @@ class Stat:
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 
+def counted(runs: list[Run]) -> list[Run]:
+    """The runs that seed averages take in: finished and not diverged (``Run.state == "ok"``)."""
+    return [run for run in runs if run.state == "ok"]
+
+
 def stat(runs: list[Run], key: str) -> Stat:
-    values = [run.summary.get(key) for run in runs]
+    """Mean ± std over seeds of summary ``key``, over the :func:`counted` runs only: a diverged or
+    unfinished seed is left out (say so beside the number with :func:`excluded`)."""
+    values = [run.summary.get(key) for run in counted(runs)]
     return Stat([float(v) for v in values if v is not None and not math.isnan(float(v))])
+
+
+def excluded(runs: list[Run]) -> str:
+    """What :func:`stat` left out of ``runs``, e.g. "1 diverged, excluded; 1 unfinished (20/100
+    epochs), excluded"; "" when every seed counts."""
+    notes = []
+    diverged = [run for run in runs if run.state == "diverged"]
+    if diverged:
+        notes.append(f"{len(diverged)} diverged, excluded")
+    unfinished = [run for run in runs if run.state == "unfinished"]
+    if unfinished:
+        done = ", ".join(f"{run.summary['epochs']}/{run.budget}" for run in unfinished)
+        notes.append(f"{len(unfinished)} unfinished ({done} epochs), excluded")
+    return "; ".join(notes)
+
+
+def seeds_cell(runs: list[Run]) -> str:
+    """The seeds a row averages and what it left out: "3", or "2; 1 diverged, excluded"."""
+    note = excluded(runs)
+    return f"{len(counted(runs))}" + (f"; {note}" if note else "")
+
+
+def epochs_run(runs: list[Run]) -> str:
+    """The epochs the runs reached, as numbers in order: "20/100"."""
+    return "/".join(str(e) for e in sorted({int(run.summary["epochs"]) for run in runs}))
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:

@@ -3,8 +3,9 @@
 A :class:`Block` is ``(optional flatten) -> affine layer -> activation``, where the affine
 layer is an ``nn.Linear``, a :class:`Conv2dSame` or a
 :class:`~bioprop.nn.LocallyConnected2d`. A :class:`Network` is a list of blocks whose last
-block produces the logits (identity activation). Every network of Bartunov et al. (2018)
-has this form (no pooling, no normalisation, tanh between layers), which is what lets a
+block produces the output (identity activation): logits for a classifier, the reconstructed
+input for an autoencoder (its ``task``, :mod:`bioprop.tasks`). Every network of Bartunov et al.
+(2018) has this form (no pooling, no normalisation, tanh between layers), which is what lets a
 learning rule drive the forward pass block by block: feedback alignment swaps the
 backward of each affine layer, DFA cuts the graph between blocks, target propagation
 trains each block on a local loss.
@@ -69,14 +70,20 @@ class Block(nn.Module):
 
 
 class Network(nn.Module):
-    """A stack of :class:`Block` s mapping ``(N, *input_shape)`` images to ``(N, num_classes)`` logits."""
+    """A stack of :class:`Block` s mapping ``(N, *input_shape)`` images to ``(N, output_units)`` outputs.
 
-    def __init__(self, blocks: list[Block], input_shape: tuple[int, int, int], num_classes: int, name: str = ""):
+    ``task`` names what it is trained for (:data:`bioprop.tasks.TASKS`): ``"classification"``
+    (``num_classes`` logits) or ``"reconstruction"`` (the flattened input again; ``num_classes``
+    is None)."""
+
+    def __init__(self, blocks: list[Block], input_shape: tuple[int, int, int], num_classes: int | None,
+                 name: str = "", task: str = "classification"):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.name = name
+        self.task = task
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -84,7 +91,7 @@ class Network(nn.Module):
         return x
 
     def hidden_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``[h_1, ..., h_L]``: the output of every block, logits last."""
+        """``[h_1, ..., h_L]``: the output of every block, the network's output last."""
         activations = []
         for block in self.blocks:
             x = block(x)
@@ -94,6 +101,11 @@ class Network(nn.Module):
     @property
     def layers(self) -> list[nn.Module]:
         return [block.layer for block in self.blocks]
+
+    @property
+    def output_units(self) -> int:
+        """Width of the output layer (the classes of a classifier)."""
+        return self.layers[-1].out_features
 
     def num_weights(self) -> int:
         """Number of weights, biases excluded (the count the paper's architecture table uses)."""

@@ -6,6 +6,14 @@ feed a softmax / cross-entropy. Locally-connected layers are written (kernel, ch
 stride); each ``*-conv`` network is the ``*-lc`` network with weight-shared convolutions
 (the paper's "BP ConvNet" baselines).
 
+``mnist-autoencoder`` (App. 5.5, Figs. 6-7) is the one network of another task
+(:mod:`bioprop.tasks`, ``reconstruction``): 784-512-64-512-784, tanh hidden units like the
+paper's other networks, and a *linear* output layer of 784 units trained on ½||h_L - x||² against
+its own (flattened) input. The paper states neither the output nonlinearity nor the input
+scaling; its presets feed pixels / 255 (normalisation "none", so the output reconstructs the
+[0, 1] image and the error is per pixel on Fig. 6's scale), and a linear output can reach every
+pixel value without saturating.
+
 =============  ======================================================================
 mnist-fc       FC 256 x5 -> 10                                                (0.47M)
 mnist-lc       LC(3, 32, 2) -> LC(3, 64, 2) -> FC 1024 -> 10                   (4.2M)
@@ -13,6 +21,8 @@ cifar-fc       FC 1024 x3 -> 10                                               (5
 cifar-lc       LC(5, 64, 2) -> LC(5, 128, 2) -> LC(3, 256, 1) -> FC 1024 -> 10  (50M)
 imagenet-lc    LC(9,48,4) LC(3,48,2) LC(5,96,1) LC(3,96,2) LC(3,192,1) LC(3,192,2)
                LC(3,384,1) -> 1000                                             (260M)
+mnist-auto-    FC 512 -> FC 64 -> FC 512 -> 784 (linear output; reconstruction)  (0.87M)
+encoder
 =============  ======================================================================
 """
 
@@ -26,6 +36,7 @@ from bioprop.errors import BiopropError
 from bioprop.models.network import Block, Conv2dSame, Network
 from bioprop.nn import LocallyConnected2d
 from bioprop.registry import Registry
+from bioprop.tasks import TASKS
 
 MODELS: Registry = Registry("model")
 
@@ -40,12 +51,15 @@ class LayerSpec:
     stride: int = 1
 
 
-def build_network(name: str, input_shape: tuple[int, int, int], hidden: list[LayerSpec], num_classes: int) -> Network:
-    """Builds blocks for ``hidden`` layers (tanh) plus a linear output layer, with Glorot init."""
+def build_network(name: str, input_shape: tuple[int, int, int], hidden: list[LayerSpec], num_classes: int | None,
+                  task: str = "classification") -> Network:
+    """Builds blocks for ``hidden`` layers (tanh) plus a linear output layer, with Glorot init; the
+    output has as many units as the task needs (``num_classes``, or the input's for reconstruction)."""
     channels, height, width = input_shape
     features = None  # set once the activations are flat
     blocks: list[Block] = []
-    for spec in hidden + [LayerSpec("fc", num_classes)]:
+    outputs = TASKS.get(task).output_units(input_shape, num_classes)
+    for spec in hidden + [LayerSpec("fc", outputs)]:
         is_output = len(blocks) == len(hidden)
         activation = "identity" if is_output else "tanh"
         if spec.kind == "fc":
@@ -66,7 +80,7 @@ def build_network(name: str, input_shape: tuple[int, int, int], hidden: list[Lay
             raise ValueError(f"{name}: unknown layer kind {spec.kind!r}")
         glorot_init(layer)
         blocks.append(Block(layer, activation, flatten))
-    return Network(blocks, input_shape, num_classes, name=name)
+    return Network(blocks, input_shape, num_classes, name=name, task=task)
 
 
 def glorot_init(layer: nn.Module) -> None:
@@ -79,8 +93,9 @@ def glorot_init(layer: nn.Module) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def _register(name: str, input_shape: tuple[int, int, int], hidden: list[LayerSpec], num_classes: int) -> None:
-    MODELS.register(name)(lambda: build_network(name, input_shape, hidden, num_classes))
+def _register(name: str, input_shape: tuple[int, int, int], hidden: list[LayerSpec], num_classes: int | None,
+              task: str = "classification") -> None:
+    MODELS.register(name)(lambda: build_network(name, input_shape, hidden, num_classes, task))
 
 
 def _lc_twins(prefix: str, input_shape, local: list[tuple[int, int, int]], fc: list[int], num_classes: int) -> None:
@@ -96,6 +111,8 @@ _lc_twins("mnist", (1, 28, 28), [(3, 32, 2), (3, 64, 2)], [1024], 10)
 _lc_twins("cifar", (3, 32, 32), [(5, 64, 2), (5, 128, 2), (3, 256, 1)], [1024], 10)
 _lc_twins("imagenet", (3, 224, 224),
           [(9, 48, 4), (3, 48, 2), (5, 96, 1), (3, 96, 2), (3, 192, 1), (3, 192, 2), (3, 384, 1)], [], 1000)
+_register("mnist-autoencoder", (1, 28, 28), [LayerSpec("fc", 512), LayerSpec("fc", 64), LayerSpec("fc", 512)], None,
+          task="reconstruction")
 
 
 def model_factory(name: str):

@@ -13,6 +13,9 @@ decisions the paper left open are in :mod:`bioprop.presets.paper`.
 
 Groups for ``bioprop reproduce``: ``mnist``, ``fashion-mnist``, ``cifar10``, ``imagenet`` (and
 ``mnist-fc`` style dataset-architecture groups); glob patterns (``"mnist-*-bp*"``) also work.
+The MNIST autoencoder of App. 5.5 (Figs. 6-7) has its own presets, ``mnist-ae-dtp-parallel``,
+``mnist-ae-sdtp-parallel`` and ``mnist-ae-bp`` (group ``autoencoder``;
+:mod:`bioprop.presets.autoencoder`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from typing import Callable
 
 from bioprop.checks import suggest
 from bioprop.errors import BiopropError
-from bioprop.presets import beyond, paper
+from bioprop.presets import autoencoder, beyond, paper
 from bioprop.presets.paper import Cell, Decision, PaperNumbers
 from bioprop.presets.paper import DECISIONS as PAPER_DECISIONS
 
-DECISIONS = PAPER_DECISIONS + beyond.DECISIONS
+DECISIONS = PAPER_DECISIONS + beyond.DECISIONS + autoencoder.DECISIONS
 from bioprop.registry import Registry
 from bioprop.training import TrainConfig
 
@@ -76,11 +79,18 @@ class Preset:
         """A rule the paper did not run (:mod:`bioprop.presets.beyond`)."""
         return self.cell.table == "beyond"
 
+    @property
+    def autoencoder(self) -> bool:
+        """One of the MNIST autoencoder runs of App. 5.5 (:mod:`bioprop.presets.autoencoder`)."""
+        return self.cell.table == autoencoder.TABLE
+
     def groups(self) -> list[str]:
         """Group names this preset belongs to (for ``bioprop reproduce GROUP``): the paper's cells are
         in ``mnist``, ``mnist-fc``, ...; the rules beyond the paper in ``beyond``, ``mnist-beyond``,
-        ``mnist-fc-beyond``, ..."""
+        ``mnist-fc-beyond``, ...; the autoencoder runs in ``autoencoder`` and ``mnist-ae``."""
         prefix = paper.PRESET_PREFIX[self.cell.dataset]
+        if self.autoencoder:
+            return [autoencoder.TABLE, f"{prefix}-{self.cell.arch}"]
         names = [self.cell.dataset, f"{prefix}-{self.cell.arch}", f"{self.cell.dataset}-{self.cell.arch}"]
         if self.beyond:
             return ["beyond"] + [f"{name}-beyond" for name in dict.fromkeys(names)]
@@ -104,8 +114,15 @@ def _register_beyond_cells() -> None:
             register_preset(cell.name, cell, lambda cell=cell: beyond.config(cell.dataset, cell.arch, cell.method))
 
 
+def _register_autoencoder_cells() -> None:
+    for method in autoencoder.METHODS:
+        cell = Cell(autoencoder.DATASET, autoencoder.ARCH, method, autoencoder.TABLE, autoencoder.numbers())
+        register_preset(cell.name, cell, lambda method=method: autoencoder.config(method))
+
+
 _register_paper_cells()
 _register_beyond_cells()
+_register_autoencoder_cells()
 
 #: The group names ``select_presets`` understands, with what they hold.
 GROUPS: dict[str, str] = {
@@ -114,6 +131,8 @@ GROUPS: dict[str, str] = {
     "cifar10": "Table 1(b): every CIFAR-10 cell (FC and LC)",
     "imagenet": "Table 2: every ImageNet cell",
     "beyond": "the rules the paper did not run, on its networks (also mnist-beyond, mnist-fc-beyond, ...)",
+    "autoencoder": "App. 5.5 (Figs. 6-7): the MNIST autoencoder by DTP-parallel, SDTP-parallel and BP "
+                   "(also mnist-ae)",
 }
 
 
@@ -136,7 +155,10 @@ def group_names() -> list[str]:
 
 
 def sort_key(preset: Preset) -> tuple:
-    """Table order: dataset, architecture, the paper's rows, then the rules beyond the paper by name."""
+    """Table order: dataset, architecture, the paper's rows, then the rules beyond the paper by name;
+    the autoencoder runs (a figure, not a table) last, in Fig. 6's order."""
+    if preset.autoencoder:
+        return (len(paper.PRESET_PREFIX), "", autoencoder.METHODS.index(preset.cell.method), preset.cell.method)
     datasets = list(paper.PRESET_PREFIX)
     methods = list(paper.METHODS)
     row = methods.index(preset.cell.method) if preset.cell.method in paper.METHODS else len(methods)

@@ -16,7 +16,12 @@ The training loop talks to every rule through four methods and never branches on
   mini-batch and returns a :class:`StepResult`; the loop then steps the optimisers. Keeping
   "compute gradients" separate from "apply them" is what lets gradients be all-reduced across
   processes, compared with backprop's for alignment metrics, or clipped, for any rule;
-* ``forward(x)``: logits for evaluation.
+* ``forward(x)``: the network's output (logits) for evaluation.
+
+The loss is the model's task (:mod:`bioprop.tasks`, ``self.task``): ``self.task.loss(output,
+self.task.target(x, y))``, softmax cross-entropy against the labels y for classification, ½||h_L - x||²
+for reconstruction. A rule that cannot serve a task lists the ones it can in ``tasks`` and is refused
+by name on any other model.
 
 Adding a rule means one new file (anywhere under ``rules/``: the package imports every module)
 with a subclass decorated ``@register_rule("name")``. Everything else asks the class:
@@ -27,7 +32,8 @@ with a subclass decorated ``@register_rule("name")``. Everything else asks the c
 * ``Options``: a dataclass whose fields become ``--flags``; a field's ``metadata["search"]``
   (e.g. ``("uniform", 0.01, 0.3)``) puts it in ``bioprop search``'s space;
 * ``preset_column``: for rules the paper did not run, the Table 5 column whose settings its
-  presets borrow; ``label``: its name in tables.
+  presets borrow; ``label``: its name in tables;
+* ``tasks``: the tasks it can train (None: every task of :data:`bioprop.tasks.TASKS`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from bioprop.errors import BiopropError
 from bioprop.models import Network
 from bioprop.nn import LocallyConnected2d
 from bioprop.registry import Registry
+from bioprop.tasks import Task, task_of
 
 RULES: Registry = Registry("learning rule")
 #: the affine layer types: those the feedback rules wrap, and whose weights alignment metrics report
@@ -66,7 +73,8 @@ def register_rule(name: str):
 
 @dataclass
 class StepResult:
-    """What one mini-batch step reports: detached loss and logits, per-batch diagnostics, and the
+    """What one mini-batch step reports: the detached task loss and network output (``logits``: the
+    logits of a classifier, the reconstruction of an autoencoder), per-batch diagnostics, and the
     rule's own losses by name (e.g. ``inverse_loss/layer2``), which the trainer checks are finite."""
 
     loss: torch.Tensor
@@ -88,7 +96,8 @@ def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The training objective: softmax cross-entropy, averaged over the batch."""
+    """The classification task's objective: softmax cross-entropy, averaged over the batch (rules use
+    their model's task, ``self.task.loss``; see :mod:`bioprop.tasks`)."""
     return F.cross_entropy(logits, labels)
 
 
@@ -104,6 +113,8 @@ class LearningRule(nn.Module):
     group_defaults: ClassVar[dict[str, str]] = {}
     #: rules beyond the paper: the Table 5 column (``"fa"``, ``"dtp-parallel"``) their presets borrow
     preset_column: ClassVar[str | None] = None
+    #: the tasks (:mod:`bioprop.tasks`) the rule can train; None: every task
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     @dataclass
     class Options:
@@ -115,6 +126,20 @@ class LearningRule(nn.Module):
         self.options = options if options is not None else self.Options()
         self.seed = seed
         self.validate_options()
+        self.check_task(model)
+
+    def check_task(self, model: nn.Module) -> None:
+        """Refuses, by name, a model whose task the rule cannot train (``tasks``)."""
+        task = task_of(model)
+        if self.tasks is not None and task.name not in self.tasks:
+            raise BiopropError(f"rule {self.name!r} cannot train a {task.name} task (model "
+                               f"{getattr(model, 'name', '') or type(model).__name__}): it serves only "
+                               f"{', '.join(self.tasks)}")
+
+    @property
+    def task(self) -> Task:
+        """The model's task: the loss, its target, the output error (:mod:`bioprop.tasks`)."""
+        return task_of(self.model)
 
     # -- options -------------------------------------------------------------------------
     @classmethod

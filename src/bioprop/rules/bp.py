@@ -2,20 +2,22 @@
 
     delta_L = dL/da_L,   delta_l = (W_{l+1}^T delta_{l+1}) * f'(a_l),   dW_l = delta_l h_{l-1}^T
 
-The reference every other rule is measured against: autograd's exact gradient of the
-batch-mean cross-entropy.
+The reference every other rule is measured against: autograd's exact gradient of the model's
+task loss L (:mod:`bioprop.tasks`: the batch-mean cross-entropy of a classifier, ½||h_L - x||²
+averaged over the batch for an autoencoder; delta_L = dL/da_L = e / N with e = softmax - y* or
+h_L - x).
 """
 
 from __future__ import annotations
 
-from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options, task_loss
+from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options
 
 
 @register_rule("bp")
 class Backprop(LearningRule):
     def compute_gradients(self, x, y, groups):
         logits = self.model(x)
-        loss = task_loss(logits, y)
+        loss = self.task.loss(logits, self.task.target(x, y))
         loss.backward()
         return StepResult(loss.detach(), logits.detach())
 

@@ -5,7 +5,8 @@ trains the forward weights; 0, the default, measures nothing and costs nothing):
 
 * ``update_angle/<layer>``: the angle (degrees) between the rule's gradient of the layer's weight
   (what ``compute_gradients`` left in ``.grad``, before any all-reduce or optimiser step) and
-  backprop's exact gradient of the batch-mean cross-entropy, computed with the *same* parameters
+  backprop's exact gradient of the batch-mean task loss (cross-entropy; ½||h_L - x||² for an
+  autoencoder, :mod:`bioprop.tasks`), computed with the *same* parameters
   on the same batch by autograd (no copy of the model: the rule's ``true_backprop()`` context
   turns off whatever the rule changed in the backward pass). 0° is backprop's direction, 90° is
   no better than chance, > 90° goes uphill;
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from bioprop.rules.base import LearningRule, task_loss
+from bioprop.rules.base import LearningRule
 from bioprop.rules.base import angle_degrees as example_angles
 
 
@@ -47,14 +48,14 @@ def norm_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def backprop_gradients(rule: LearningRule, x: torch.Tensor, y: torch.Tensor,
                        weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Backprop's exact gradient of the batch-mean cross-entropy for each of ``weights``, with the
+    """Backprop's exact gradient of the batch-mean task loss for each of ``weights``, with the
     rule's current parameters, leaving the model's buffers and the random streams as they were."""
     model = rule.model
     saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.enable_grad(), rule.true_backprop():
         with torch.autocast(x.device.type, enabled=False):
-            loss = task_loss(model(x), y)
+            loss = rule.task.loss(model(x), rule.task.target(x, y))
         gradients = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
     with torch.no_grad():
         for name, buffer in model.named_buffers():

@@ -1,4 +1,6 @@
-"""Error rates of a model on a split: top-1 (and top-5 for more than 10 classes) and mean loss."""
+"""A model's metrics on a split, as its task defines them (:mod:`bioprop.tasks`): error rates
+(top-1, and top-5 for more than 10 classes) and mean cross-entropy for classification; mean squared
+error per pixel and mean loss for reconstruction."""
 
 from __future__ import annotations
 
@@ -6,8 +8,8 @@ import contextlib
 from itertools import islice
 
 import torch
-import torch.nn.functional as F
 
+from bioprop.tasks import task_of
 from bioprop.training.distributed import DataParallel
 
 
@@ -15,7 +17,9 @@ from bioprop.training.distributed import DataParallel
 def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, device="cpu",
              limit_batches: int | None = None, *, size: int | None = None, seed: int = 0,
              autocast=contextlib.nullcontext, parallel: DataParallel | None = None) -> dict[str, float]:
-    """Error (%), top-5 error (%, when there are more than 10 classes) and mean loss on ``split``.
+    """The task's metrics on ``split`` (a rule: its model's task): for classification ``error`` (%),
+    ``top5_error`` (%, when there are more than 10 classes) and ``loss``; for reconstruction
+    ``reconstruction_error`` (mean squared error per pixel) and ``loss``.
 
     ``size``: evaluate a fixed subset of that many examples (the first ones of a permutation
     that depends only on ``seed``: the same subset after every epoch). ``parallel``: each
@@ -23,6 +27,7 @@ def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, devi
     even out their sizes are counted once). Never augmented.
     """
     parallel = parallel or DataParallel()
+    task = task_of(rule_or_model)
     was_training = rule_or_model.training
     rule_or_model.eval()
     total = len(split) if size is None else min(size, len(split))
@@ -31,8 +36,8 @@ def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, devi
     batches = split.batches(local_batch, shuffle=size is not None, seed=seed, epoch="train-eval",
                             device=device, rank=rank, world_size=world)
     # counts stay on the device: one synchronisation per evaluation, not one per batch
-    counts = torch.zeros(4, dtype=torch.float64, device=device)  # seen, wrong, wrong top-5, loss sum
-    classes = 0
+    counts = torch.zeros(1 + len(task.sums), dtype=torch.float64, device=device)  # seen, then task.sums
+    outputs = 0
     # row i of this shard is example number rank + world * i of the (permuted) split: keep the
     # first ``mine`` rows (the shards wrap around to even out their sizes; a subset stops early)
     mine, done = -(-(total - rank) // world), 0
@@ -44,20 +49,14 @@ def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, devi
         if keep < len(y):
             x, y = x[:keep], y[:keep]
         with autocast():
-            logits = rule_or_model(x)
-        logits = logits.float()
-        classes = logits.shape[1]
-        loss = F.cross_entropy(logits, y, reduction="sum")
-        wrong = (logits.argmax(1) != y).sum()
-        wrong_top5 = (~(logits.topk(5, dim=1).indices == y[:, None]).any(1)).sum() if classes > 10 else 0
+            output = rule_or_model(x)
+        output = output.float()
+        outputs = output.shape[1]
+        sums = task.batch_sums(output, task.target(x, y))
         counts[0] += len(y)  # a Python number: no host-to-device copy per batch
-        counts[1] += wrong.double()
-        counts[3] += loss.double()
-        if classes > 10:
-            counts[2] += wrong_top5.double()
+        for index, name in enumerate(task.sums, start=1):
+            if name in sums:
+                counts[index] += sums[name].double()
     rule_or_model.train(was_training)
-    seen, wrong, wrong_top5, loss_sum = parallel.sum(counts).tolist()
-    result = {"error": 100.0 * wrong / seen, "loss": loss_sum / seen}
-    if classes > 10:
-        result["top5_error"] = 100.0 * wrong_top5 / seen
-    return result
+    seen, *totals = parallel.sum(counts).tolist()
+    return task.metrics(dict(zip(task.sums, totals)), seen, outputs)

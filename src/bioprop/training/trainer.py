@@ -6,7 +6,10 @@ inverse pass and then a forward pass. Per mini-batch: zero the gradients of the 
 let the rule compute them (``rule.compute_gradients``), average them over the processes of a
 data-parallel job, step one Adam optimiser per group. After the last pass of an epoch: evaluate
 the train (the trained network on the training split, not augmented), validation and test
-error, append a row to ``metrics.jsonl``, write ``results.json`` and an atomic checkpoint.
+metrics of the model's task (:mod:`bioprop.tasks`: ``{split}_error`` for classification,
+``{split}_reconstruction_error`` for reconstruction), append a row to ``metrics.jsonl``, write
+``results.json`` and an atomic checkpoint. The last epoch's row of a reconstruction run also
+holds a few test images and their reconstructions (``reconstructions``, for Fig. 7).
 
 Checkpoints hold everything needed to continue exactly: rule state (weights, feedback weights,
 inverses, counters), optimiser moments, RNG state, the metrics so far and the position in the
@@ -32,6 +35,7 @@ from bioprop.data import DataBundle, load_data
 from bioprop.errors import BiopropError
 from bioprop.models import create_model
 from bioprop.rules import RULES, LearningRule, create_rule
+from bioprop.tasks import Task, task_of, task_of_row
 from bioprop.training import alignment, distributed, precision
 from bioprop.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_json, save_jsonl, save_torch
 from bioprop.training.config import AdamConfig, TrainConfig, parse_checkpoint_every
@@ -92,24 +96,27 @@ def _tensorflow_epsilon(optimizer: torch.optim.Optimizer, args, kwargs, eps: flo
 
 @dataclass
 class PassState:
-    """Where a pass stands, with its running sums (saved in mid-pass checkpoints)."""
+    """Where a pass stands, with its running sums (saved in mid-pass checkpoints); ``metric_sum`` is
+    the task's running metric sum (:meth:`bioprop.tasks.Task.metric_sum`: wrong answers for
+    classification)."""
 
     step: int = 0
     seconds: float = 0.0
     loss_sum: float = 0.0
-    wrong: float = 0.0
+    metric_sum: float = 0.0
     seen: int = 0
     diagnostic_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     diagnostic_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def to_dict(self) -> dict:
-        return {"step": self.step, "seconds": self.seconds, "loss_sum": self.loss_sum, "wrong": self.wrong,
-                "seen": self.seen, "diagnostic_sums": dict(self.diagnostic_sums),
+        return {"step": self.step, "seconds": self.seconds, "loss_sum": self.loss_sum,
+                "metric_sum": self.metric_sum, "seen": self.seen, "diagnostic_sums": dict(self.diagnostic_sums),
                 "diagnostic_counts": dict(self.diagnostic_counts)}
 
     @classmethod
     def from_dict(cls, values: dict) -> "PassState":
-        state = cls(**{k: v for k, v in values.items() if not k.startswith("diagnostic")})
+        renamed = {"wrong": "metric_sum"}  # checkpoints written before tasks existed
+        state = cls(**{renamed.get(k, k): v for k, v in values.items() if not k.startswith("diagnostic")})
         state.diagnostic_sums.update(values["diagnostic_sums"])
         state.diagnostic_counts.update(values["diagnostic_counts"])
         return state
@@ -142,6 +149,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         model = create_model(config.model)  # validates the names before any data is read
+        self.task: Task = task_of(model)
         self.rule: LearningRule = create_rule(config.rule, model, seed=config.seed, **config.rule_options)
         self.rule.set_data_parallel(self.parallel.rank, self.parallel.world_size)
         settings = {group: config.optimizer_settings(group) for group in self.rule.parameter_groups()}
@@ -193,13 +201,23 @@ class Trainer:
 
     def _check_model_fits_data(self, model) -> None:
         """Declared shapes (``input_shape``, ``num_classes``) must match the data; a model that declares
-        none (a user's own module) is run once on two examples and must give ``(2, classes)`` logits."""
+        none (a user's own module) is run once on two examples and must give ``(2, outputs)`` outputs,
+        outputs as the task needs them (the classes; the input's units for reconstruction)."""
         info = self.data.info
-        if hasattr(model, "input_shape") and hasattr(model, "num_classes"):
+        outputs = self.task.output_units(info.input_shape, info.num_classes)
+        declared = hasattr(model, "input_shape") and hasattr(model, "num_classes")
+        if declared and self.task.name == "classification":
             if tuple(model.input_shape) != tuple(info.input_shape) or model.num_classes != info.num_classes:
                 raise BiopropError(
                     f"model {self.config.model!r} expects inputs {tuple(model.input_shape)} and {model.num_classes} "
                     f"classes, but dataset {info.name!r} has {tuple(info.input_shape)} and {info.num_classes}")
+            return
+        if declared and hasattr(model, "output_units"):  # another task: the outputs it needs
+            if tuple(model.input_shape) != tuple(info.input_shape) or model.output_units != outputs:
+                raise BiopropError(
+                    f"model {self.config.model!r} ({self.task.name}) expects inputs {tuple(model.input_shape)} "
+                    f"and gives {model.output_units} outputs, but dataset {info.name!r} has inputs "
+                    f"{tuple(info.input_shape)}, for which the task needs {outputs}")
             return
         was_training = model.training
         try:
@@ -210,10 +228,10 @@ class Trainer:
                                f"{', '.join(map(str, info.input_shape))}) from dataset {info.name!r}: {error}") from None
         finally:
             model.train(was_training)
-        if tuple(getattr(logits, "shape", ())) != (2, info.num_classes):
+        if tuple(getattr(logits, "shape", ())) != (2, outputs):
             raise BiopropError(f"model {self.config.model!r} gives outputs of shape "
                                f"{tuple(getattr(logits, 'shape', ()))} for 2 examples; dataset {info.name!r} needs "
-                               f"(2, {info.num_classes}) logits")
+                               f"(2, {outputs}) {'logits' if self.task.name == 'classification' else 'outputs'}")
 
     def _move_data_to_device(self) -> None:
         """In-memory splits go to the accelerator whole (uint8), so batching, augmentation and
@@ -275,7 +293,7 @@ class Trainer:
             self.metrics.append(row)
             self.pass_rows, self.start_pass = [], 0
             if self.parallel.is_main:
-                self.log(format_row(row, self.config.epochs))
+                self.log(format_row(row, self.config.epochs, self.task))
             self.save(epoch + 1)
 
     def train_pass(self, epoch: int, index: int, groups: tuple[str, ...], passes_per_epoch: int = 1) -> dict:
@@ -296,7 +314,7 @@ class Trainer:
                                           world_size=world, start=state.step)
         # running sums stay on the device: no synchronisation per batch
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong = torch.zeros((), dtype=torch.float64, device=self.device)
+        metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         started = last_save = time.perf_counter()
         label = f"epoch {epoch + 1}" + (f" pass {index + 1} ({'+'.join(groups)})" if passes_per_epoch > 1 else "")
@@ -318,7 +336,7 @@ class Trainer:
                 finite = torch.isfinite(checked).all()
                 first_bad_step = torch.where(~finite & (first_bad_step < 0), state.step, first_bad_step)
                 loss_sum += step.loss.double() * len(y)
-                wrong += (step.logits.argmax(1) != y).sum()
+                metric_sum += self.task.metric_sum(step.logits, self.task.target(x, y))
                 state.seen += len(y)
                 for key, value in step.diagnostics.items():
                     state.diagnostic_sums[key] += float(value)
@@ -334,15 +352,15 @@ class Trainer:
                 if self._checkpoint_due(state.step, last_save) and state.step < total:
                     self._check_finite(first_bad_step, epoch, index)
                     state.seconds += time.perf_counter() - started
-                    self._fold_sums(state, loss_sum, wrong)
-                    loss_sum.zero_(), wrong.zero_()
+                    self._fold_sums(state, loss_sum, metric_sum)
+                    loss_sum.zero_(), metric_sum.zero_()
                     self.save(epoch, next_pass=index)
                     started = last_save = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         state.seconds += time.perf_counter() - started
         self._check_finite(first_bad_step, epoch, index)
-        self._fold_sums(state, loss_sum, wrong)
+        self._fold_sums(state, loss_sum, metric_sum)
         return self._pass_row(groups, state)
 
     def _align_now(self, groups: tuple[str, ...], step: int) -> bool:
@@ -358,9 +376,9 @@ class Trainer:
             return step % amount == 0
         return self.parallel.any(time.perf_counter() - last_save >= amount * 60)
 
-    def _fold_sums(self, state: PassState, loss_sum: torch.Tensor, wrong: torch.Tensor) -> None:
+    def _fold_sums(self, state: PassState, loss_sum: torch.Tensor, metric_sum: torch.Tensor) -> None:
         state.loss_sum += loss_sum.item()
-        state.wrong += wrong.item()
+        state.metric_sum += metric_sum.item()
 
     def _check_finite(self, first_bad_step: torch.Tensor, epoch: int, index: int) -> None:
         """Stops the run if a loss was non-finite, or a parameter is (one device sync, at the end
@@ -382,11 +400,11 @@ class Trainer:
                                       f"after {where}; the last good checkpoint is kept")
 
     def _pass_row(self, groups: tuple[str, ...], state: PassState) -> dict:
-        totals = self.parallel.sum(torch.tensor([state.loss_sum, state.wrong, float(state.seen)],
+        totals = self.parallel.sum(torch.tensor([state.loss_sum, state.metric_sum, float(state.seen)],
                                                 dtype=torch.float64, device=self.device)).tolist()
         row = {"groups": list(groups), "steps": state.step, "seconds": state.seconds,
                "train_loss_running": totals[0] / max(totals[2], 1),
-               "train_error_running": 100.0 * totals[1] / max(totals[2], 1)}
+               f"train_{self.task.metric}_running": self.task.running_metric(totals[1], totals[2])}
         if state.diagnostic_sums:
             row["diagnostics"] = {key: value / state.diagnostic_counts[key]
                                   for key, value in sorted(state.diagnostic_sums.items())}
@@ -394,11 +412,14 @@ class Trainer:
 
     def epoch_row(self, epoch: int) -> dict:
         """The epoch's metrics: evaluated errors after its last pass, and what each pass did."""
-        last = self.pass_rows[-1]
+        last, running = self.pass_rows[-1], f"train_{self.task.metric}_running"
         row = {"epoch": epoch + 1, "groups": sorted({g for p in self.pass_rows for g in p["groups"]}),
-               "train_loss_running": last["train_loss_running"], "train_error_running": last["train_error_running"]}
+               "train_loss_running": last["train_loss_running"], running: last[running]}
         started = time.perf_counter()
         row.update(self._evaluate_splits())
+        if epoch + 1 == self.config.epochs:  # the end of training: what the task keeps (Fig. 7 images)
+            row.update(self.task.samples(self.rule, self.data.test, self.data.normalization, self.device,
+                                         self.autocast))
         row["seconds"] = sum(p["seconds"] for p in self.pass_rows)
         row["eval_seconds"] = time.perf_counter() - started
         if len(self.pass_rows) == 1:
@@ -413,15 +434,12 @@ class Trainer:
         for name in ("train", "val", "test"):
             split = getattr(self.data, name)
             if split is None:
-                row[f"{name}_error"] = None
+                row[f"{name}_{self.task.metric}"] = None
                 continue
             result = evaluate(self.rule, split, config.eval_batch_size, self.device, config.limit_eval_batches,
                               size=config.train_eval_size if name == "train" else None, seed=config.seed,
                               autocast=self.autocast, parallel=self.parallel)
-            row[f"{name}_error"] = result["error"]
-            row[f"{name}_loss"] = result["loss"]
-            if "top5_error" in result:
-                row[f"{name}_top5_error"] = result["top5_error"]
+            row.update({f"{name}_{key}": value for key, value in result.items()})
         return row
 
     # -- checkpoints -------------------------------------------------------------------
@@ -461,11 +479,12 @@ def _comparable(config: dict) -> dict:
     return config
 
 
-def format_row(row: dict, epochs: int) -> str:
+def format_row(row: dict, epochs: int, task: Task | None = None) -> str:
+    task = task or task_of_row(row)
     parts = [f"epoch {row['epoch']:>3}/{epochs}"]
     for name in ("train", "val", "test"):
-        if row.get(f"{name}_error") is not None:
-            parts.append(f"{name} {row[f'{name}_error']:6.2f}%")
+        if row.get(f"{name}_{task.metric}") is not None:
+            parts.append(f"{name} {task.format_metric(row[f'{name}_{task.metric}'])}")
             if f"{name}_top5_error" in row:
                 parts.append(f"{name}-top5 {row[f'{name}_top5_error']:6.2f}%")
     parts.append(f"{row['seconds']:.1f}s")

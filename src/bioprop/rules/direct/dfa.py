@@ -4,14 +4,17 @@ The output error goes straight to every hidden layer through a fixed random matr
 
     e = dL/da_L,   delta_l = (B_l e) * f'(a_l),   dW_l = delta_l h_{l-1}^T  (l < L),
 
-and the output layer learns from its true gradient. ``B_l`` maps the error to the *whole*
-activation of layer l (dense DFA), also for convolutional and locally-connected layers.
+and the output layer learns from its true gradient. L is the model's task loss
+(:mod:`bioprop.tasks`): for a classifier e = (softmax(a_L) - y*) / N, for an autoencoder
+e = (h_L - x) / N, so ``B_l`` has one row per output unit (the classes; 784 for the MNIST
+autoencoder). ``B_l`` maps the error to the *whole* activation of layer l (dense DFA), also for
+convolutional and locally-connected layers.
 
 Memory: instead of one ``classes x units_l`` matrix per layer (the sum over layers, which ran
 out of memory on ImageNet in the paper), a single shared matrix ``M`` of shape
-``(classes + hidden_layers - 1, max_l units_l)`` with entries uniform in [-1, 1) is stored, and
-layer l uses the window ``B_l = s_l * M[l : l + classes, : units_l]`` (a view, no copy), with
-the Glorot scale ``s_l = sqrt(6 / (classes + units_l))``. Shifting the row window per layer
+``(outputs + hidden_layers - 1, max_l units_l)`` with entries uniform in [-1, 1) is stored, and
+layer l uses the window ``B_l = s_l * M[l : l + outputs, : units_l]`` (a view, no copy), with
+the Glorot scale ``s_l = sqrt(6 / (outputs + units_l))``. Shifting the row window per layer
 keeps layers of equal width from sharing one feedback matrix. Memory grows with the largest
 layer only (after TinyDFA, Launay et al. 2020).
 
@@ -55,7 +58,7 @@ from torch import nn
 from bioprop.checks import suggest
 from bioprop.errors import BiopropError
 from bioprop.models import Network
-from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options, task_loss
+from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options
 
 
 class _Deliver(torch.autograd.Function):
@@ -85,7 +88,7 @@ class DirectFeedbackAlignment(LearningRule):
         super().__init__(model, options, seed)
         self.generic = not isinstance(model, Network) or bool(self.options.deliver_at.strip())
         if not self.generic:
-            self.num_classes = model.num_classes
+            self.num_classes = model.output_units  # the rows of B_l: output units (classes of a classifier)
             self.hidden_sizes = _hidden_sizes(model)
             rows = self.num_classes + max(len(self.hidden_sizes) - 1, 0)
             sample = torch.rand(rows, max(self.hidden_sizes, default=1), generator=self.layer_generator(0))
@@ -216,9 +219,10 @@ class DirectFeedbackAlignment(LearningRule):
 
     # -- the interface ----------------------------------------------------------------------
     def compute_gradients(self, x, y, groups):
+        target = self.task.target(x, y)
         if self.generic:
             logits = self.model(x)
-            loss = task_loss(logits, y)
+            loss = self.task.loss(logits, target)
             loss.backward()
             return StepResult(loss.detach(), logits.detach())
         hidden = []
@@ -227,7 +231,7 @@ class DirectFeedbackAlignment(LearningRule):
             hidden.append(x)
             x = x.detach()
         logits = self.model.blocks[-1](x)
-        loss = task_loss(logits, y)
+        loss = self.task.loss(logits, target)
         (error,) = torch.autograd.grad(loss, logits, retain_graph=True)
         signals = [self.project_error(error, i).view_as(h) for i, h in enumerate(hidden)]
         torch.autograd.backward([loss, *hidden], [torch.ones_like(loss), *signals])

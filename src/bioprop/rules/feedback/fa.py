@@ -6,6 +6,9 @@ same shape:
 
     delta_L = dL/da_L,   delta_l = (B_{l+1}^T delta_{l+1}) * f'(a_l),   dW_l = delta_l h_{l-1}^T
 
+with L the model's task loss (:mod:`bioprop.tasks`: cross-entropy, or ½||h_L - x||² for an
+autoencoder); the error enters through the task, the feedback is the same for every task.
+
 For convolutional and locally-connected layers ``B_l`` is a kernel of the forward kernel's shape,
 used by the layer's own transposed map (so the feedback has the forward layer's sparsity). In FA,
 ``B_l`` is fixed and random, drawn Glorot-uniform like ``W_l`` (the paper does not state a scale)
@@ -46,8 +49,7 @@ from bioprop.checks import check_number
 from bioprop.errors import BiopropError
 from bioprop.models import Network
 from bioprop.nn.affine import AffineOps, affine_ops
-from bioprop.rules.base import (AFFINE_LAYERS, LearningRule, StepResult, register_rule, rule_options,
-                                task_loss)
+from bioprop.rules.base import AFFINE_LAYERS, LearningRule, StepResult, register_rule, rule_options
 
 
 
@@ -247,7 +249,7 @@ class FeedbackAlignment(LearningRule):
         try:
             with self.feedback_installed():
                 logits = self.model(x)
-                loss = task_loss(logits, y)
+                loss = self.task.loss(logits, self.task.target(x, y))
                 loss.backward()
         finally:
             self.feedback_learning = True

@@ -4,8 +4,10 @@ BP/DTP hybrid in :mod:`~bioprop.rules.target_prop.drl` and :mod:`~bioprop.rules.
 Every rule of the family trains each block on *local* losses only (Bartunov et al. 2018, §2.1):
 
 * forward loss of hidden block l:   ½ ||f_l(h_{l-1}) - ĥ_l||²   (ĥ_l and h_{l-1} held constant);
-* output block L:                    the batch-mean cross-entropy (the delta rule; its input is
-                                     held constant, so no gradient reaches block L-1;
+* output block L:                    the task loss L (:mod:`bioprop.tasks`: the batch-mean
+                                     cross-entropy, or ½||h_L - x||² averaged over the batch
+                                     for an autoencoder; the delta rule; its input is held
+                                     constant, so no gradient reaches block L-1;
                                      hook :meth:`TargetPropagationRule.output_loss`);
 * inverse loss of block l (l >= 2):  ½ ||r - g_l(f_l(h̃_{l-1}))||²,  h̃_{l-1} = h_{l-1} + σ ε,
                                      r = h̃_{l-1} (noise-preserving) or h_{l-1} (denoising);
@@ -37,11 +39,17 @@ Diagnostics (every ``diagnostics_every`` training batches, written per epoch by 
 ``reconstruction_error/layer{l}`` = ||h_{l-1} - g_l(f_l(h_{l-1}))||² / ||h_{l-1}||² over the batch
 (clean, relative), ``inverse_loss/layer{l}`` and ``forward_loss/layer{l}`` (the trained losses), and
 ``target_angle/layer{l}``, the angle (degrees) between the target shift ĥ_l - h_l and the negative
-backprop gradient -dL/dh_l of the batch-mean cross-entropy, both flattened over the whole batch
+backprop gradient -dL/dh_l of the task loss (batch-mean), both flattened over the whole batch
 (so examples weigh by the size of their error; per-example angles of well-classified examples are
 dominated by float32 rounding of p - y*), computed by autograd with the same parameters on the
 same batch. Layers are numbered from 1 (h_l is the
 output of block l).
+
+Tasks (:mod:`bioprop.tasks`): ``y`` in the methods below is the task's target for the batch, the
+class labels of a classifier or the flattened input x of an autoencoder (``task.target(x, y)``).
+The output inverse of SDTP, AO-SDTP and TP reads the task's *prediction* p = ``task.prediction(h_L)``
+(softmax probabilities; the output h_L itself for reconstruction), and the first target is its
+minimiser ĥ_L = argmin_p L = ``task.best_prediction`` (the one-hot label; the input x itself).
 """
 
 from __future__ import annotations
@@ -103,11 +111,11 @@ class TPOptions:
 class LocalLosses:
     """The local losses of one mini-batch, by 0-based block index, and what they were built from."""
 
-    forward: dict[int, torch.Tensor]   # hidden blocks: ½||h_l - ĥ_l||²; the output block: cross-entropy
+    forward: dict[int, torch.Tensor]   # hidden blocks: ½||h_l - ĥ_l||²; the output block: the task loss
     inverse: dict[int, torch.Tensor]   # blocks with an inverse: the inverse loss
-    hidden: list[torch.Tensor]         # detached h_1 .. h_L (h_L: the logits)
+    hidden: list[torch.Tensor]         # detached h_1 .. h_L (h_L: the network's output, logits)
     targets: list[torch.Tensor] | None  # ĥ_1 .. ĥ_{L-1} (None when not computed)
-    task_loss: torch.Tensor            # detached batch-mean cross-entropy
+    task_loss: torch.Tensor            # detached task loss (batch mean)
 
     def all(self) -> list[torch.Tensor]:
         return [*self.forward.values(), *self.inverse.values()]
@@ -154,7 +162,7 @@ def output_shapes(model) -> list[tuple[int, ...]]:
 
 class TargetPropagationRule(LearningRule):
     """Base class of the family. Defaults are SDTP's: the output layer has a learned inverse
-    from the class probabilities, and targets use the difference correction."""
+    from the task's prediction (class probabilities), and targets use the difference correction."""
 
     Options = TPOptions
     groups = ("forward", "inverse")
@@ -193,8 +201,9 @@ class TargetPropagationRule(LearningRule):
                                f"{type(blocks[-1].layer).__name__}")
 
     def build_output_inverse(self) -> nn.Module:
-        """The inverse of the output block (rules with ``has_output_inverse``); default: from the class
-        probabilities (and auxiliary features) to h_{L-1}, :class:`OutputInverse`."""
+        """The inverse of the output block (rules with ``has_output_inverse``); default: from the task's
+        prediction (class probabilities; the output for reconstruction) and any auxiliary features to
+        h_{L-1}, :class:`OutputInverse`."""
         return OutputInverse(self.output_feature_count(), self.shapes[-2], self.model.blocks[-1].layer.weight)
 
     # -- options -----------------------------------------------------------------------
@@ -223,6 +232,7 @@ class TargetPropagationRule(LearningRule):
         every = self.options.diagnostics_every
         diagnose = every > 0 and self.batches_seen % every == 0
         self.batches_seen += 1
+        y = self.task.target(x, y)  # from here on y is what the loss compares h_L with
         losses = self.local_losses(x, y, forward="forward" in groups, inverse="inverse" in groups,
                                    targets=diagnose)
         terms = losses.all()
@@ -264,17 +274,19 @@ class TargetPropagationRule(LearningRule):
 
     # -- the output layer as its inverse sees it (SDTP, AO-SDTP, TP) ---------------------------
     def output_feature_count(self) -> int:
-        return self.model.num_classes
+        return self.model.output_units
 
     def output_features(self, penultimate: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """f_L(h_{L-1}) as the output inverse reads it: the softmax probabilities."""
-        return torch.softmax(logits, dim=1)
+        """f_L(h_{L-1}) as the output inverse reads it: the task's prediction p (the softmax
+        probabilities of a classifier; the output itself for reconstruction)."""
+        return self.task.prediction(logits)
 
     def output_target(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The first target in feature space: the label distribution (one-hot) in place of p."""
+        """The first target in feature space: argmin_p L in place of p (the one-hot label
+        distribution; the input x for reconstruction)."""
         target = features.clone()
-        classes = self.model.num_classes
-        target[:, :classes] = F.one_hot(y, classes).to(features.dtype)
+        units = self.model.output_units
+        target[:, :units] = self.task.best_prediction(y, units, features.dtype)
         return target
 
     # -- targets -----------------------------------------------------------------------------
@@ -293,9 +305,10 @@ class TargetPropagationRule(LearningRule):
         return below + (both[:n] - both[n:])
 
     def penultimate_target(self, h: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        """ĥ_{L-1}; default (SDTP): h_{L-1} - g_L(p) + g_L(one-hot) (AO-SDTP: with z in both calls)."""
+        """ĥ_{L-1}; default (SDTP): h_{L-1} - g_L(p) + g_L(argmin_p L), i.e. g_L(one-hot) for a
+        classifier and g_L(x) for an autoencoder (AO-SDTP: with z in both calls)."""
         features = self.output_features(h[-2], h[-1])
-        return h[-2] + self.inverse(len(h) - 1).label_difference(features, y, self.model.num_classes)
+        return h[-2] + self.inverse(len(h) - 1).target_difference(features, y, self.model.output_units)
 
     def propagate_target(self, index: int, h: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """ĥ_{index-1} from ĥ_index (0-based blocks); default: the difference correction."""
@@ -335,8 +348,9 @@ class TargetPropagationRule(LearningRule):
         return fast_tanh(above) if block.activation == "tanh" else above
 
     def output_loss(self, logits: torch.Tensor, h: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        """The output block's local loss; default: the batch-mean cross-entropy (the delta rule)."""
-        return task_loss(logits, y)
+        """The output block's local loss; default: the task loss (the delta rule on the batch-mean
+        cross-entropy, or on ½||h_L - x||²)."""
+        return self.task.loss(logits, y)
 
     def inverse_losses(self, h: list[torch.Tensor]) -> dict[int, torch.Tensor]:
         sigma, preserving = float(self.options.noise), self.inverse_loss_kind == "noise-preserving"
@@ -363,16 +377,17 @@ class TargetPropagationRule(LearningRule):
             for index, target in enumerate(target_list):
                 forward_losses[index] = squared_error(hidden[index], target, self.options.forward_reduction)
             forward_losses[len(h) - 1] = self.output_loss(hidden[-1], h, y)
-        loss = task_loss(h[-1], y)
+        loss = self.task.loss(h[-1], y)
         inverse_losses = self.inverse_losses(h) if inverse else {}
         return LocalLosses(forward_losses, inverse_losses, h, target_list, loss)
 
     # -- diagnostics ---------------------------------------------------------------------------
     def backprop_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        """dL/dh_l (batch-mean cross-entropy) for every hidden layer, by autograd, same parameters."""
+        """dL/dh_l (the batch-mean task loss; ``y`` its target) for every hidden layer, by autograd,
+        same parameters."""
         with torch.enable_grad():
             hidden = self.model.hidden_activations(x)
-            return list(torch.autograd.grad(task_loss(hidden[-1], y), hidden[:-1]))
+            return list(torch.autograd.grad(self.task.loss(hidden[-1], y), hidden[:-1]))
 
     @torch.no_grad()
     def diagnostics(self, x, y, losses: LocalLosses) -> dict[str, float]:

@@ -6,7 +6,10 @@ for Target Propagation", DTP-DRL).
 
 Both rules share the targets and forward losses of Ernoult et al. (not Bartunov et al.'s DTP):
 
-* first target on the logits s_L:  t_L = s_L - β (softmax(s_L) - y*)   (= s_L - β ∂CE_sum/∂s_L);
+* first target on the logits s_L:  t_L = s_L - β (softmax(s_L) - y*)   (= s_L - β ∂CE_sum/∂s_L;
+                                    in general s_L - β e with e = ∂(Σ_n L_n)/∂s_L the task's
+                                    output error, :mod:`bioprop.tasks`: s_L - β (s_L - x) for
+                                    an autoencoder);
 * below:                            t_{l-1} = s_{l-1} + G_l(t_l) - G_l(s_l)   (DTP's difference
                                     correction), so the *output layer has an inverse* G_L from the
                                     logits to h_{L-1} (the usual learned inverse of a linear layer,
@@ -67,7 +70,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bioprop.checks import check_int, check_number
@@ -137,8 +139,8 @@ class LogitTargetRule(TargetPropagationRule):
         return logits
 
     def logit_target(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """t_L = s_L - β (softmax(s_L) - y*)."""
-        error = torch.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
+        """t_L = s_L - β e, e the task's output error (softmax(s_L) - y*; s_L - x for reconstruction)."""
+        error = self.task.output_error(logits, y)
         return logits - self.options.beta * error
 
     def penultimate_target(self, h, y):

@@ -9,7 +9,8 @@ feedback with DTP's learned inverse g_inv:
     ĥ_l = h_l + γ (∂h_{l+1}/∂h_l)^T (ĥ_{l+1} - h_{l+1}) + (1 - γ) (g_inv(ĥ_{l+1}) - g_inv(h_{l+1})),
 
 on top of DTP (``dtp``: its penultimate target, α and ``target_reduction``, no inverse of the output
-layer, noise-preserving inverse loss by default, the output layer on the cross-entropy). γ = 1 is
+layer, noise-preserving inverse loss by default, the output layer on the task loss: the
+cross-entropy, or ½||h_L - x||² for an autoencoder, :mod:`bioprop.tasks`). γ = 1 is
 backprop's update direction: each hidden block's local gradient is α times backprop's gradient of
 the batch-mean loss (``target_reduction=sum``; α/B with ``mean``), the output block's is backprop's;
 γ = 0 is DTP, computed by DTP's own code (bit-identical). The inverses learn for every γ (their

@@ -21,9 +21,10 @@ transposed map (:meth:`bioprop.nn.affine.AffineOps.transpose`):
 layer's ``AffineOps`` (for the geometry: stride, padding, sizes) as a plain attribute, so the forward
 layer is not a submodule of the inverse and its weights are never read.
 
-:class:`OutputInverse` is the inverse of the softmax output layer used by SDTP, AO-SDTP and
-vanilla TP: ``tanh([p, z] V + c)`` from the class probabilities ``p`` (and, for AO-SDTP, the
-auxiliary features ``z``) back to the penultimate activation.
+:class:`OutputInverse` is the inverse of the output layer used by SDTP, AO-SDTP and vanilla TP:
+``tanh([p, z] V + c)`` from the task's prediction ``p`` (the class probabilities of a classifier,
+the output h_L itself of an autoencoder) and, for AO-SDTP, the auxiliary features ``z``, back to
+the penultimate activation.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def build_inverse(block: Block, in_shape: tuple[int, ...]) -> Inverse:
 
 
 class OutputInverse(nn.Module):
-    """Inverse of the output layer: ``tanh(u V + c)`` with ``u = p`` (SDTP, TP) or ``[p, z]`` (AO-SDTP).
+    """Inverse of the output layer: ``tanh(u V + c)`` with ``u = p`` (SDTP, TP) or ``[p, z]`` (AO-SDTP),
+    ``p`` the task's prediction (class probabilities, or the output h_L for reconstruction).
 
     ``V`` is ``(in_features, out_shape units)`` Glorot-uniform, ``c`` zero; the result is reshaped to
     the penultimate activation's shape ``out_shape``.
@@ -156,11 +158,16 @@ class OutputInverse(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return fast_tanh(torch.addmm(self.bias, u, self.weight)).reshape(u.shape[0], *self.out_shape)
 
-    def label_difference(self, u: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
-        """``g(û) - g(u)``, where ``û`` is ``u`` with its first ``classes`` columns (the probabilities)
-        replaced by the one-hot labels ``y``. The pre-activations differ by ``V[y] - p V_classes``, so
-        the second call costs no product with the auxiliary columns of ``V`` (AO-SDTP)."""
+    def target_difference(self, u: torch.Tensor, best: torch.Tensor, units: int) -> torch.Tensor:
+        """``g(û) - g(u)``, where ``û`` is ``u`` with its first ``units`` columns (the prediction p)
+        replaced by its minimiser: the one-hot labels when ``best`` holds class labels ``y`` (integers),
+        else the dense ``(N, units)`` ``best`` itself (reconstruction: the input x). The pre-activations
+        differ by ``V[y] - p V_units`` (dense: ``(best - p) V_units``), so the second call costs no
+        product with the auxiliary columns of ``V`` (AO-SDTP)."""
         pre = torch.addmm(self.bias, u, self.weight)
-        head = self.weight[:classes]
-        pre_target = pre + (head.index_select(0, y) - u[:, :classes].mm(head))
+        head = self.weight[:units]
+        if best.is_floating_point():
+            pre_target = pre + (best.to(u.dtype) - u[:, :units]).mm(head)
+        else:
+            pre_target = pre + (head.index_select(0, best) - u[:, :units].mm(head))
         return (fast_tanh(pre_target) - fast_tanh(pre)).reshape(u.shape[0], *self.out_shape)

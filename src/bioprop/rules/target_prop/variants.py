@@ -3,18 +3,30 @@ simplified DTP and auxiliary-output SDTP (Bartunov, Santoro, Richards, Marris, H
 Lillicrap 2018, NeurIPS, §2 and Algorithms 1-2).
 
 Each hidden layer l learns from ½||f_l(h_{l-1}) - ĥ_l||² toward a target ĥ_l; the output layer
-learns from the cross-entropy; each inverse g_l (l >= 2) from a noisy reconstruction loss (see
-:mod:`bioprop.rules.target_prop.base` for the losses, schedules and diagnostics, and
-:mod:`bioprop.rules.target_prop.inverses` for the inverses). The rules differ in the targets
-(p = softmax(h_L) are the class probabilities, y* the one-hot label distribution):
+learns from the task loss L (:mod:`bioprop.tasks`); each inverse g_l (l >= 2) from a noisy
+reconstruction loss (see :mod:`bioprop.rules.target_prop.base` for the losses, schedules and
+diagnostics, and :mod:`bioprop.rules.target_prop.inverses` for the inverses). The rules differ in
+the targets (p = softmax(h_L) are the class probabilities, y* the one-hot label distribution):
 
 ``tp``       ĥ_{L-1} = g_L(y*),                       ĥ_l = g_{l+1}(ĥ_{l+1})
 ``dtp``      ĥ_{L-1} = h_{L-1} - α dL/dh_{L-1},        ĥ_l = h_l + g_{l+1}(ĥ_{l+1}) - g_{l+1}(h_{l+1})
              (no inverse of the output layer; L is the cross-entropy *summed* over the batch by
-             default, i.e. the per-example gradient, option ``target_reduction``)
+             default, i.e. the per-example gradient, option ``target_reduction``:
+             dL/dh_{L-1} = (p - y*) W_L)
 ``sdtp``     ĥ_{L-1} = h_{L-1} - g_L(p) + g_L(y*),      lower layers as DTP
 ``ao-sdtp``  ĥ_{L-1} = h_{L-1} - g_L(p, z) + g_L(y*, z), lower layers as DTP,
              z = tanh(R flatten(h_{L-1})), R fixed random (Glorot-uniform, seeded, a buffer)
+
+Reconstruction (the MNIST autoencoder, App. 5.5): L = ½||h_L - x||² per example (linear output),
+whose minimiser is the input itself, ĥ_L = x, and whose output error is h_L - x. The output
+inverse reads h_L directly (p = h_L instead of softmax probabilities), so
+
+``tp``       ĥ_{L-1} = g_L(x)
+``dtp``      ĥ_{L-1} = h_{L-1} - α (h_L - x) W_L        (``target_reduction`` as above: per example)
+``sdtp``     ĥ_{L-1} = h_{L-1} - g_L(h_L) + g_L(x)
+``ao-sdtp``  ĥ_{L-1} = h_{L-1} - g_L(h_L, z) + g_L(x, z)
+
+and the output layer learns on ½||h_L - x||² (the delta rule), the hidden layers as above.
 
 Default inverse losses: noise-preserving ||h̃ - g(f(h̃))||² for DTP (as Lee et al.), denoising
 ||h - g(f(h̃))||² for SDTP, AO-SDTP and TP (as Bartunov et al.); ``inverse_loss`` overrides.
@@ -28,7 +40,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from bioprop.checks import check_int, check_number
 from bioprop.rules.base import register_rule
@@ -84,7 +95,7 @@ class DifferenceTargetProp(TargetPropagationRule):
 
     def penultimate_target(self, h, y):
         logits, below = h[-1], h[-2]
-        error = torch.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)  # dL/dlogits
+        error = self.task.output_error(logits, y)  # dL/dh_L per example: softmax - one-hot, or h_L - x
         batch = self.global_batch_size(logits.shape[0])
         scale = self.options.alpha / (batch if self.options.target_reduction == "mean" else 1)
         gradient = error.mm(self.model.blocks[-1].layer.weight.detach())  # dL/dh_{L-1}: one layer of backprop
@@ -116,11 +127,11 @@ class AuxiliaryOutputSDTP(TargetPropagationRule):
         super().check_options(o)
 
     def output_feature_count(self):
-        return self.model.num_classes + self.options.aux_units
+        return self.model.output_units + self.options.aux_units
 
     def auxiliary(self, penultimate: torch.Tensor) -> torch.Tensor:
         """z = tanh(R flatten(h_{L-1})), R fixed."""
         return fast_tanh(penultimate.flatten(1).mm(self.aux_weight.t()))
 
     def output_features(self, penultimate, logits):
-        return torch.cat([torch.softmax(logits, dim=1), self.auxiliary(penultimate)], dim=1)
+        return torch.cat([self.task.prediction(logits), self.auxiliary(penultimate)], dim=1)

@@ -1,0 +1,123 @@
+"""The report against the paper: the paper's-protocol column beside the honest one, seeds that
+diverged or have not finished left out of every mean and named, the verdict's spread, the epochs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from bioprop.experiments.report import verdict, write_report
+from bioprop.presets import get_preset
+
+
+def write_run(root: Path, folder: str, preset: str, seed: int, tests: list[float], vals: list[float] | None = None,
+              variant: dict | None = None, budget: int | None = None, status: str | None = None) -> None:
+    """A run folder as the trainer writes it: ``budget`` epochs planned (default: as many as ``tests``),
+    ``status`` "diverged" writes results.json as the trainer does; ``vals=None``: no validation split."""
+    config = get_preset(preset).config(seed=seed, epochs=budget or len(tests))
+    if vals is None:
+        config.data.val_size = 0
+    run = root / folder / f"seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    (root / folder / "spec.json").write_text(json.dumps({"preset": preset, "variant": variant or {}}))
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    rows = [{"epoch": epoch, "train_error": test / 2, "val_error": None if vals is None else vals[epoch - 1],
+             "test_error": test, "seconds": 1.0} for epoch, test in enumerate(tests, start=1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if status:
+        (run / "results.json").write_text(json.dumps({"status": status}))
+
+
+def section(text: str, title: str) -> str:
+    return text.split(f"### {title}")[1].split("###")[0]
+
+
+def row(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+PAPER = {"protocol": "paper"}
+
+
+def test_the_paper_protocol_column_comes_from_the_paper_runs_else_is_marked(tmp_path):
+    root = tmp_path / "runs"
+    for seed, test in ((0, 1.6), (1, 1.8)):  # honest: best val at epoch 2
+        write_run(root, "mnist-fc-bp", "mnist-fc-bp", seed, [3.0, test, 1.5], [3.0, 1.0, 2.0])
+    for seed, test in ((0, 1.3), (1, 1.4)):  # all the training data: best test 1.3 / 1.4
+        write_run(root, "mnist-fc-bp.protocol=paper", "mnist-fc-bp", seed, [3.0, test], variant=PAPER)
+    write_run(root, "mnist-fc-fa", "mnist-fc-fa", 0, [3.0, 2.0], [3.0, 2.5])
+    text = write_report(root).read_text()
+    verdicts = section(text, "Against the paper")
+    assert "ours, honest: test at best val | n | verdict (±0.3 pp) | ours, paper's protocol: best test" in verdicts
+    assert row(verdicts, "| FC BP |") == ("| FC BP | 1.48 | 1.70 ± 0.14 | 2 | within ±0.3 (+0.22), boundary within "
+                                          "1 std | 1.35 ± 0.07 | 2 | within ±0.3 (-0.13) | 2/3 | 2, 2 |")
+    assert "| 2.00 (honest runs) | 1 | " in row(verdicts, "| FC FA |")  # no paper-protocol run of FA
+    best = section(text, "Best test error over training (the paper's protocol)")
+    assert "trained on all the training data" in best
+    assert "| BP | 1.48 | 1.35 ± 0.07 | -0.13 |" in best and "| FA | 1.85 | 2.00 (honest runs) | +0.15 |" in best
+    assert "| BP | 1.48 | 1.70 ± 0.14 | +0.22 |" in section(text, "Test error at best validation epoch")
+    assert "`<preset>.protocol=paper`" in section(text, "Against the paper")
+    with open(root / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["preset"], r["protocol"]) for r in rows) == [("mnist-fc-bp", "honest")] * 2 + \
+        [("mnist-fc-bp", "paper")] * 2 + [("mnist-fc-fa", "honest")]
+
+
+def test_paper_protocol_runs_alone_make_the_dataset_section(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "mnist-fc-bp.protocol=paper", "mnist-fc-bp", 0, [3.0, 1.2], variant=PAPER)
+    text = write_report(root).read_text()
+    assert row(section(text, "Against the paper"), "| FC BP |") == \
+        "| FC BP | 1.48 | not run |  |  | 1.20 | 1 | within ±0.3 (-0.28) | 2 | – |"
+    assert "| BP | 1.48 | 1.20 | -0.28 |" in section(text, "Best test error over training")
+
+
+def test_diverged_and_unfinished_seeds_are_left_out_and_named(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0, 1.5], [3.0, 1.0])
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 1, [3.0, 1.7], [3.0, 1.0])
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 2, [3.0, 60.0], [3.0, 1.0], budget=5, status="diverged")
+    write_run(root, "mnist-fc-fa", "mnist-fc-fa", 0, [3.0, 2.0], [3.0, 1.0])
+    write_run(root, "mnist-fc-fa", "mnist-fc-fa", 1, [3.0, 0.1], [3.0, 1.0], budget=5)  # 2 of 5 epochs
+    text = write_report(root).read_text()
+    verdicts = section(text, "Against the paper")
+    assert "| FC BP | 1.48 | 1.60 ± 0.14 | 2; 1 diverged, excluded | within ±0.3 (+0.12)" in verdicts
+    assert "| FC FA | 1.85 | 2.00 | 1; 1 unfinished (2/5 epochs), excluded | within ±0.3 (+0.15) |" in verdicts
+    honest = section(text, "Test error at best validation epoch")
+    assert "| BP | 1.48 | 1.60 ± 0.14 (n=2; 1 diverged, excluded) | +0.12 |" in honest
+    assert "| FA | 1.85 | 2.00 (n=1; 1 unfinished (2/5 epochs), excluded) | +0.15 |" in honest
+    train = section(text, "Train error")
+    assert "0.80 ± 0.07 (n=2; 1 diverged, excluded)" in train  # train error = test / 2 in these rows
+    assert "| `mnist-fc-bp` | 0, 1, 2 (diverged, excluded) |" in text
+
+
+def test_verdict_says_when_the_boundary_is_within_one_std():
+    assert verdict(1.35, 1.48, 0.21) == "within ±0.3 (-0.13), boundary within 1 std"  # 1.18 in [1.14, 1.56]
+    assert verdict(1.35, 1.48, 0.05) == "within ±0.3 (-0.13)"
+    assert verdict(1.35, 1.48) == "within ±0.3 (-0.13)"  # one seed: no spread
+    assert verdict(1.10, 1.48, 0.10) == "better (-0.38), boundary within 1 std"
+    assert verdict(2.00, 1.48, 0.10) == "**worse by 0.52**"
+    assert verdict(1.85, 1.48, 0.10) == "**worse by 0.37**, boundary within 1 std"
+
+
+def test_epochs_run_sorts_as_numbers(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0] * 19 + [1.5], [3.0] * 19 + [1.0])  # 20 epochs
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 1, [3.0] * 99 + [1.6], [3.0] * 99 + [1.0])  # 100 epochs
+    text = write_report(root).read_text()
+    assert row(section(text, "Against the paper"), "| FC BP |").endswith("| 20/100 | 20, 100 |")
+
+
+def test_the_other_seed_averages_leave_out_the_same_seeds(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "mnist-fc-kp", "mnist-fc-kp", 0, [5.0, 3.0], [5.0, 2.0])
+    write_run(root, "mnist-fc-kp", "mnist-fc-kp", 1, [5.0, 80.0], [5.0, 2.0], budget=3, status="diverged")
+    for size, seed, test in ((512, 0, 45.0), (128, 0, 50.0), (128, 1, 20.0)):
+        folder = "cifar-fc-ao-sdtp-parallel" + ("" if size == 512 else f".aux-{size}")
+        write_run(root, folder, "cifar-fc-ao-sdtp-parallel", seed, [60.0, test], [60.0, test],
+                  variant=None if size == 512 else {"aux_units": size}, budget=4 if seed else None)
+    text = write_report(root).read_text()
+    beyond = section(text, "Every rule, the paper's and those beyond it")
+    assert "| FC | KP | 3.00 | 3.00 | 1.50 | 1; 1 diverged, excluded | 2 |" in beyond
+    assert "| FC AO-SDTP, parallel | 128 | 50.00 (1 unfinished (2/4 epochs), excluded) |" in text
