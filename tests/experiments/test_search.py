@@ -125,7 +125,7 @@ def test_a_diverged_trial_is_pruned_and_the_search_goes_on(tmp_path, monkeypatch
 
     calls = []
 
-    def train(self, config, path, log=None):
+    def train(self, config, path, log=None, on_epoch=None):
         calls.append(path)
         if len(calls) == 1:
             raise DivergenceError("rule 'bp': the training loss became non-finite in epoch 1, pass 1, step 3")

@@ -52,6 +52,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--heartbeat", type=positive_int, default=60, metavar="SECONDS",
                         help="seconds between a running trial's heartbeats; a trial silent for 3 heartbeats "
                              "belongs to a dead worker and is retried from its checkpoint (default: 60)")
+    parser.add_argument("--space", choices=("table4", "widened"), default="table4",
+                        help="table4: the paper's Table 4 as printed; widened: lr up to 1e-2, beta1 in {0.9, 0.99}, "
+                             "beta2 also 0.95, eps also 1e-3, alpha and sigma up to twice Table 4's bound (holds every "
+                             "MNIST value of Table 5) (default: table4)")
+    parser.add_argument("--prune", action="store_true",
+                        help="stop a trial whose validation error after an epoch is worse than the median of the "
+                             "earlier trials (Optuna's MedianPruner, after 5 trials)")
     parser.add_argument("--progress", action="store_true", help="progress bars (only when stderr is a terminal)")
     parser.set_defaults(func=run)
 
@@ -69,7 +76,8 @@ def run(args) -> int:
                     overrides={"data_dir": args.data_dir, "limit_batches": args.limit_batches,
                                "limit_eval_batches": args.limit_eval_batches, "device": args.device,
                                "verify": args.verify},
-                    progress=args.progress and sys.stderr.isatty(), heartbeat=args.heartbeat)
+                    progress=args.progress and sys.stderr.isatty(), heartbeat=args.heartbeat,
+                    space=args.space, prune=args.prune)
     search.base.validate()  # the preset with the flags applied, before any trial starts
     result = search.run(continue_only=args.continue_best)
     if result.get("follower"):  # a torchrun process other than rank 0

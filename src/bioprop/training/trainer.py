@@ -132,12 +132,15 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, out: str | Path | None = None, resume: bool = False,
-                 progress: bool = True, data: DataBundle | None = None, log=print):
+                 progress: bool = True, data: DataBundle | None = None, log=print, on_epoch=None):
         config.validate()
         self.config = config
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.log = log
+        #: called with each epoch's metrics row once its checkpoint is written (e.g. a search's pruner);
+        #: an exception it raises stops training there, the run resumable
+        self.on_epoch = on_epoch
         self.parallel, self.device = distributed.from_environment(resolve_device(config.device))
         if config.batch_size % self.parallel.world_size:
             raise BiopropError(f"batch_size {config.batch_size} must be divisible by the number of "
@@ -295,6 +298,8 @@ class Trainer:
             if self.parallel.is_main:
                 self.log(format_row(row, self.config.epochs, self.task))
             self.save(epoch + 1)
+            if self.on_epoch is not None:
+                self.on_epoch(row)
 
     def train_pass(self, epoch: int, index: int, groups: tuple[str, ...], passes_per_epoch: int = 1) -> dict:
         """Pass ``index`` of ``passes_per_epoch`` over the training data, training ``groups``; returns its row."""
