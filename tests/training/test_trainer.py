@@ -103,3 +103,27 @@ def test_summary_under_both_selection_protocols():
     assert summary["test_error_at_best_val"] == 2.2 and summary["best_val_epoch"] == 2
     assert summary["best_test_error"] == 2.0 and summary["best_test_epoch"] == 3
     assert summary["final_test_error"] == 2.0
+
+
+def test_on_epoch_sees_each_row_after_its_checkpoint_and_can_stop_the_run(shared_data, tmp_path):
+    """``Trainer(on_epoch=...)`` (a search's pruner): called with every epoch's row once the epoch is
+    saved; an exception it raises stops training there, and the run resumes exactly."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(row):
+        seen.append((row, json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])))
+        if row["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(config(shared_data, epochs=3), out=tmp_path / "run", progress=False, log=quiet,
+                on_epoch=stop_after_two).fit()
+    assert [row["epoch"] for row, _ in seen] == [1, 2]
+    for row, saved in seen:  # the row is already on disk when the callback sees it
+        assert without_timings(saved) == without_timings(row)
+    resumed = train(config(shared_data, epochs=3), out=tmp_path / "run", resume=True, progress=False, log=quiet)
+    straight = train(config(shared_data, epochs=3), out=tmp_path / "straight", progress=False, log=quiet)
+    assert without_timings(resumed["metrics"]) == without_timings(straight["metrics"])
