@@ -49,7 +49,7 @@ def test_section_table_curves_and_reconstructions(tmp_path):
     assert lines[0] == "## MNIST autoencoder (App. 5.5, Figures 6 and 7)"
     rows = [line for line in lines if line.startswith("| ") and "Method" not in line]
     assert [row.split(" | ")[0] for row in rows] == ["| DTP, parallel", "| SDTP, parallel", "| BP"]  # Fig. 6 order
-    assert "| BP | 0, 1 | 3 | 0.0099 ± 0.0013 | 0.0110 ± 0.0014 |" in text  # last train 0.9 x test; mean ± std
+    assert "| BP | 2 (0, 1) | 3 | 0.0099 ± 0.0013 | 0.0110 ± 0.0014 |" in text  # last train 0.9 x test; mean ± std
     assert "No reconstructions yet for DTP, parallel" in text
     assert f"]({CURVES})" in text and f"]({GRID})" in text
     assert (out / CURVES).stat().st_size > 1000 and (out / GRID).stat().st_size > 1000

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bioprop.experiments import plots
-from bioprop.experiments.runs import Run, stat
+from bioprop.experiments.runs import Run, epochs_run, seeds_cell, stat
 from bioprop.presets import PRESETS, sort_key
 from bioprop.tasks import decode_images
 
@@ -53,13 +53,13 @@ def reconstructions(runs: list[Run]) -> dict | None:
 
 
 def _table(groups: dict[str, list[Run]]) -> list[str]:
-    lines = ["| Method | seeds | epochs | last train | last test | best test over training | "
+    lines = ["| Method | n (seeds) | epochs | last train | last test | best test over training | "
              "test at best val |", "|---|---:|---:|---:|---:|---:|---:|"]
     for folder, runs in groups.items():
-        epochs = "/".join(str(e) for e in sorted({int(r.summary["epochs"]) for r in runs}))
         cells = [stat(runs, key).fmt(4) for key in (f"final_train_{METRIC}", f"final_test_{METRIC}",
                                                        f"best_test_{METRIC}", f"test_{METRIC}_at_best_val")]
-        lines.append(f"| {label(folder, runs)} | {', '.join(str(r.seed) for r in runs)} | {epochs} | "
+        seeds = ", ".join(str(r.seed) for r in runs)
+        lines.append(f"| {label(folder, runs)} | {seeds_cell(runs)} ({seeds}) | {epochs_run(runs)} | "
                      + " | ".join(cells) + " |")
     return lines
 
