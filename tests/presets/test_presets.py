@@ -173,8 +173,11 @@ def test_the_studys_conventions_reach_every_paper_tp_cell_and_no_other():
         options = preset.config().rule_options
         has = "inverse_reduction" in RULES.get(preset.rule).Options.__dataclass_fields__
         if has and not preset.beyond:
-            assert {k: options[k] for k in paper.TP_CONVENTIONS} == paper.TP_CONVENTIONS, preset.name
+            expected = {**paper.TP_CONVENTIONS, **paper.METHOD_CONVENTIONS.get(preset.cell.method, {})}
+            assert {k: options[k] for k in expected} == expected, preset.name
             tp_cells += 1
         else:
             assert not set(paper.TP_CONVENTIONS) & set(options), preset.name
     assert tp_cells >= 6 * 4 + 3  # MNIST, Fashion-MNIST, CIFAR-10 (FC and LC) and ImageNet TP cells
+    assert get_preset("mnist-fc-sdtp-alternating").config().rule_options["forward_reduction"] == "element-mean"
+    assert get_preset("mnist-fc-sdtp-parallel").config().rule_options["forward_reduction"] == "unit-sum"
