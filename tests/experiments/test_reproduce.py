@@ -11,6 +11,7 @@ from bioprop.errors import BiopropError
 from bioprop.experiments.reproduce import EpochBudget, parse_int_list, plan_runs, run_state
 from bioprop.experiments.runs import load_runs
 from bioprop.presets import select_presets
+from bioprop.presets.paper import TP_CONVENTIONS
 
 
 def test_epoch_budget_patterns():
@@ -111,7 +112,7 @@ def test_train_one_cell_from_its_preset_with_overrides(mnist_dir, tmp_path, caps
                  "--no-progress", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["epochs"], config["seed"], config["rule"], config["model"]) == (1, 2, "dtp", "mnist-fc")
-    assert config["rule_options"] == {"schedule": "alternating", "alpha": 0.1, "noise": 0.22}
+    assert config["rule_options"] == {"schedule": "alternating", "alpha": 0.1, "noise": 0.22, **TP_CONVENTIONS}
     assert config["optimizers"]["forward"]["lr"] == 3.08e-4 and config["data"]["val_size"] == 10000
 
 
