@@ -73,3 +73,15 @@ def test_cli_dry_run_lists_the_variants_and_bad_keys_exit_2(tmp_path, capsys):
     assert "mnist-fc-sdtp-parallel.inverse_reduction=unit-sum seed0" in listed
     assert main(argv[:-3] + ["--vary", "alpha=0.1", "--dry-run"]) == 2
     assert "--vary alpha: not an option of any selected rule" in capsys.readouterr().err
+
+
+def test_reproduce_train_eval_size_reaches_every_run(tmp_path):
+    from bioprop.cli.reproduce import canonical_command
+    from bioprop.cli import parse_args
+
+    args = parse_args(["reproduce", "mnist-lc-bp", "mnist-lc-fa", "--seeds", "1", "--train-eval-size", "10000",
+                       "--out", str(tmp_path)])
+    argv = canonical_command(args)
+    assert argv[argv.index("--train-eval-size") + 1] == "10000"  # in the report's command
+    specs = plan_runs(select_presets(["mnist-lc-bp", "mnist-lc-fa"]), seeds=1, train_eval_size=10000)
+    assert {s.config.train_eval_size for s in specs} == {10000}

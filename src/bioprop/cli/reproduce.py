@@ -36,6 +36,9 @@ def add_parser(subparsers) -> None:
                              "(default: all)")
     parser.add_argument("--limit-eval-batches", type=positive_int, metavar="N",
                         help="evaluate at most this many batches per split (default: all)")
+    parser.add_argument("--train-eval-size", type=positive_int, metavar="N",
+                        help="the train error after each epoch on a fixed random subset of N training examples "
+                             "(cheap for large or slow cells, e.g. 10000 for MNIST-LC) (default: all)")
     parser.add_argument("--aux-sweep", metavar="SIZES", type=name,
                         help="also run every preset whose rule has auxiliary outputs (AO-SDTP) with these sizes, "
                              "e.g. 0,128,512,1024 (Figure 4) (default: no sweep)")
@@ -87,8 +90,8 @@ def canonical_command(args) -> list[str]:
     if args.protocol != "honest":
         argv += ["--protocol", args.protocol]
     argv += ["--out", str(args.out)]
-    for flag in ("data_dir", "limit_eval_batches", "aux_sweep", "alignment_every", "device", "threads",
-                 "report_out"):
+    for flag in ("data_dir", "limit_eval_batches", "train_eval_size", "aux_sweep", "alignment_every", "device",
+                 "threads", "report_out"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.jobs != 1:
@@ -112,7 +115,8 @@ def run(args) -> int:
                       protocol=args.protocol,
                       data_dir=args.data_dir,
                       limit_batches=EpochBudget.parse(args.limit_batches, "--limit-batches"),
-                      limit_eval_batches=args.limit_eval_batches, alignment_every=args.alignment_every,
+                      limit_eval_batches=args.limit_eval_batches, train_eval_size=args.train_eval_size,
+                      alignment_every=args.alignment_every,
                       device=args.device, verify=args.verify)
     if args.dry_run:
         print(f"protocol: {PROTOCOL_LINES[args.protocol]}")
