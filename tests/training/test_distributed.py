@@ -47,7 +47,9 @@ def worker(rank, world_size, port, shared_data, jobs, results):
                 results[key] = ({k: v.clone() for k, v in trainer.rule.state_dict().items() if torch.is_tensor(v)},
                                 trainer.metrics)
     finally:
-        torch.distributed.destroy_process_group()
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # leave together, as the CLI does: gloo aborts a rank torn down mid-exchange
+            torch.distributed.destroy_process_group()
 
 
 def run_parallel(shared_data, jobs, world_size=2):
