@@ -238,3 +238,8 @@ def task_of_row(row: dict) -> Task:
         if f"test_{task.metric}" in row:
             return task
     return TASKS.get("classification")
+
+
+def task_of_summary(summary: dict) -> Task:
+    """The task whose metrics a run summary (:func:`bioprop.training.summarize`) holds."""
+    return task_of_row({key.removeprefix("final_"): value for key, value in summary.items()})

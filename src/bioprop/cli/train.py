@@ -14,7 +14,7 @@ from bioprop.data.sources import check_data_folder
 from bioprop.errors import BiopropError
 from bioprop.models import MODELS
 from bioprop.rules import RULES
-from bioprop.tasks import task_of_row
+from bioprop.tasks import task_of_summary
 from bioprop.training import AdamConfig, TrainConfig, train
 from bioprop.training.config import EPS_CONVENTIONS, OPTIMIZER_IMPLS, PRECISIONS, rule_group_names
 
@@ -238,7 +238,7 @@ def run(args) -> int:
     config, out = prepare(args)
     result = train(config, out=out, resume=args.resume, progress=show_progress(args))
     summary = result["summary"]
-    task = task_of_row({key.removeprefix("final_"): value for key, value in summary.items()})
+    task = task_of_summary(summary)
     metric, words, shown = task.metric, task.metric.replace("_", " "), task.format_metric
     print(f"final test {words} {shown(summary[f'final_test_{metric}']).strip()}  best test {words} "
           f"{shown(summary[f'best_test_{metric}']).strip()}"

@@ -32,6 +32,7 @@ from typing import Callable
 from bioprop.errors import BiopropError
 from bioprop.presets import Preset, select_presets
 from bioprop.rules import RULES
+from bioprop.tasks import task_of_summary
 from bioprop.training import AdamConfig, TrainConfig
 from bioprop.training.checkpoint import save_json
 
@@ -384,12 +385,12 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
 
     def finished(spec: RunSpec, result: dict) -> None:
         s = result["summary"]
-        metric = "reconstruction_error" if "best_test_reconstruction_error" in s else "error"
-        unit = "" if metric == "reconstruction_error" else "%"
+        task = task_of_summary(s)
+        metric, shown = task.metric, task.format_metric
         honest = s.get(f"test_{metric}_at_best_val")
         log(f"done   {spec.tag}: {s.get('epochs')} epochs in {result['seconds']:.0f}s, best test "
-            f"{metric.replace('_', ' ')} {s.get(f'best_test_{metric}', float('nan')):.4g}{unit}"
-            + (f", test at best val {honest:.4g}{unit}" if honest is not None else ""))
+            f"{metric.replace('_', ' ')} {shown(s.get(f'best_test_{metric}', float('nan'))).strip()}"
+            + (f", test at best val {shown(honest).strip()}" if honest is not None else ""))
         ran.append(spec)
 
     def failure(spec: RunSpec, error: Exception) -> None:
