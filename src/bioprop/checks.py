@@ -88,17 +88,60 @@ def check_bool(value: object, name: str, optional: bool = False) -> None:
         raise BiopropError(f"{name} must be true or false{' (or unset)' if optional else ''}, got {shown(value)}")
 
 
-def suggest(name: object, known: Iterable[str]) -> str:
-    """``"; did you mean 'mnist'?"`` for the close matches of ``name`` among ``known`` (difflib),
-    else ``""``."""
+def _plain(text: str) -> str:
+    """Lower case without dashes and underscores: ``'MNIST_fc'`` and ``'mnist-fc'`` read alike."""
+    return text.lower().replace("-", "").replace("_", "")
+
+
+def _by_similarity(name: str, names: list[str]) -> list[str]:
+    """``names`` ordered from the most to the least similar to ``name`` (difflib's ratio)."""
+    return difflib.get_close_matches(name, names, n=len(names), cutoff=0.0) if names else []
+
+
+def _extensions(name: str, known: list[str]) -> list[str]:
+    """The names that start with ``name``, then those that contain it (each ordered by similarity),
+    ignoring case and reading ``_`` as ``-``; containment only from three characters on, where it is
+    not chance."""
+    key = name.lower().replace("_", "-")
+    if not key.strip("-"):
+        return []
+    lowered = {k: k.lower().replace("_", "-") for k in known}
+    starting = [k for k in known if lowered[k].startswith(key)]
+    containing = [k for k in known if len(key) >= 3 and key in lowered[k] and k not in starting]
+    return _by_similarity(name, starting) + _by_similarity(name, containing)
+
+
+def _similarity(name: str, candidate: str) -> tuple[float, float]:
+    """How alike ``name`` and ``candidate`` are (difflib's ratio, 0 to 1): the better of the whole
+    names' ratio and that of ``name`` with as much of ``candidate``'s beginning (a typo in a name
+    typed in part, ``mnist-fc-dtpp`` for ``mnist-fc-dtp-parallel``), then the whole names' ratio."""
+    whole = difflib.SequenceMatcher(None, name, candidate).ratio()
+    beginning = difflib.SequenceMatcher(None, name, candidate[:len(name)]).ratio()
+    return max(whole, beginning), whole
+
+
+def _close_matches(name: str, known: list[str], n: int, cutoff: float = 0.6) -> list[str]:
+    """The ``n`` names of ``known`` most similar to ``name`` (at least ``cutoff``), or, failing
+    those, the same comparing plain letters (a different case or a missing dash)."""
+    for key, plain in ((name, {k: k for k in known}), (_plain(name), {_plain(k): k for k in known})):
+        if not key:  # nothing to compare (a lone dash): two empty strings would count as equal
+            continue
+        ranked = sorted(((_similarity(key, k), k) for k in plain), reverse=True)
+        matches = [plain[k] for (score, _), k in ranked if score >= cutoff][:n]
+        if matches:
+            return matches
+    return []
+
+
+def suggest(name: object, known: Iterable[str], n: int = 3) -> str:
+    """``"; did you mean 'mnist'?"`` for the names among ``known`` that ``name`` most likely meant,
+    else ``""``: the names it is the beginning of, then those containing it (``mnist-fc-dtp`` ->
+    ``mnist-fc-dtp-parallel``, ``mnist-fc-dtp-alternating``), and only when there are none, its
+    close matches by spelling (``mnst`` -> ``mnist``); at most ``n`` of them."""
     if not isinstance(name, str):
         return ""
     known = list(known)
-    matches = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    if not matches:  # a different case or a missing dash: compare the plain letters
-        plain = {k.lower().replace("-", "").replace("_", ""): k for k in known}
-        key = name.lower().replace("-", "").replace("_", "")
-        matches = [plain[m] for m in difflib.get_close_matches(key, list(plain), n=3, cutoff=0.6)]
+    matches = (_extensions(name, known) or _close_matches(name, known, n))[:n]
     if not matches:
         return ""
     return "; did you mean " + " or ".join(repr(m) for m in matches) + "?"

@@ -51,6 +51,8 @@ TRAIN_CASES = [
     (TRAIN + ["--rule", "dtpp"], "unknown learning rule 'dtpp'; did you mean 'dtp'"),
     (["train", "--preset", "mnist-fc-dtp-paralel"], "unknown preset 'mnist-fc-dtp-paralel'; did you mean "
                                                    "'mnist-fc-dtp-parallel'"),
+    (["train", "--preset", "mnist-fc-dtp"], "unknown preset 'mnist-fc-dtp'; did you mean 'mnist-fc-dtp-parallel' or "
+                                           "'mnist-fc-dtp-alternating'"),
     (TRAIN + ["--rule", "bp", "--alpha", "0.1"], "rule 'bp' has no option 'alpha'"),
     (TRAIN + ["--rule", "dfa", "--noise", "0.1"], "rule 'dfa' has no option 'noise'"),
     # NaN / inf refused by name, at parse time
