@@ -174,7 +174,7 @@ def test_cli_plans_imagenet_in_seconds_with_a_verdict(capsys):
                              "--memory", "80GB")
     assert time.perf_counter() - start < 15
     assert code == 0, err
-    assert "inverse weights" in out and "verdict: fits in 80.00 GB" in out and "PFLOP" in out
+    assert "inverse parameters" in out and "verdict: fits in 80.00 GB" in out and "PFLOP" in out
     code, out, _ = run_cli(capsys, "--model", "mnist-fc", "--rule", "bp", "--batch-size", "100", "--memory", "4MB")
     assert code == 0 and "verdict: does not fit (needs " in out and "have 4.00 MB)" in out
 

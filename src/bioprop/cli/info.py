@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
     models = subparsers.add_parser("models", help="list the registered networks",
                                    description="List the networks (--model names) with their input shape, "
                                                "outputs (classes, or the input's units for an autoencoder), "
-                                               "task, weight counts and layers.")
+                                               "task, weights (biases excluded, the paper's count), parameters "
+                                               "(weights and biases, what `bioprop plan` counts) and layers.")
     models.set_defaults(func=show_models)
     rules = subparsers.add_parser("rules", help="list the registered learning rules and their options",
                                   description="List the learning rules (--rule names), each with its options "
@@ -24,14 +25,20 @@ def add_parser(subparsers) -> None:
     rules.set_defaults(func=show_rules)
 
 
+COUNTS_LEGEND = ("weights: biases excluded (the paper's count); parameters: weights and biases "
+                 "(what `bioprop plan` counts)")
+
+
 def show_models(args) -> int:
-    print(f"{'model':<17} {'input':<14} {'outputs':>7} {'task':<14} {'weights':>12}  layers")
+    print(f"{'model':<17} {'input':<14} {'outputs':>7} {'task':<14} {'weights':>12} {'parameters':>12}  layers")
     for name in list_models():
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             model = create_model(name)
         layers = " -> ".join(type(layer).__name__.replace("LocallyConnected2d", "LC") for layer in model.layers)
         shape = "x".join(map(str, model.input_shape))
-        print(f"{name:<17} {shape:<14} {model.output_units:>7} {model.task:<14} {model.num_weights():>12,}  {layers}")
+        print(f"{name:<17} {shape:<14} {model.output_units:>7} {model.task:<14} {model.num_weights():>12,} "
+              f"{model.num_parameters():>12,}  {layers}")
+    print(f"\n{COUNTS_LEGEND}")
     return 0
 
 

@@ -95,11 +95,12 @@ def format_plan(result: Plan, memory: int | None = None) -> str:
 
     for group in result.parameters:
         trained = "trained" if group.name in result.trained_groups else "not trained"
-        row(f"{group.name} weights ({trained}, {group.tensors} tensors)", group.bytes, group.count)
+        row(f"{group.name} parameters ({trained}, {group.tensors} tensors)", group.bytes, group.count,
+            note="weights and biases")
     for buffer in result.buffers:
         shape = f" [{' x '.join(map(str, buffer.shape))}]" if buffer.shape else f" ({buffer.tensors} tensors)"
         row(f"fixed {buffer.name}{shape}", buffer.bytes, buffer.count)
-    row("Adam moments (2 per trained weight, fp32)", result.optimizer_bytes)
+    row("Adam moments (2 per trained parameter, fp32)", result.optimizer_bytes)
     row("held for the whole run", result.held_bytes)
     for step in result.steps:
         lines.append(f"  {step_title(step)}:")

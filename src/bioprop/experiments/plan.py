@@ -26,7 +26,7 @@ does: matmul outputs and the tensors saved around them shrink to 2 bytes, while 
 weights, their gradients and Adam's moments stay float32. ``tf32`` only changes how CUDA
 multiplies float32 numbers, so it plans like ``fp32``. The peak estimate is
 
-    weights + buffers + Adam moments (2 per trained weight)
+    parameters + buffers + Adam moments (2 per trained parameter)
         + max over passes (working memory of a step + gradients kept from the other passes).
 
 What is not modelled: the CUDA context and allocator fragmentation (leave a margin of ~10 %),

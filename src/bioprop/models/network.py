@@ -110,3 +110,8 @@ class Network(nn.Module):
     def num_weights(self) -> int:
         """Number of weights, biases excluded (the count the paper's architecture table uses)."""
         return sum(layer.weight.numel() for layer in self.layers)
+
+    def num_parameters(self) -> int:
+        """Number of parameters: the weights and the biases (what ``bioprop plan`` counts and Adam
+        keeps moments for)."""
+        return sum(parameter.numel() for parameter in self.parameters())
