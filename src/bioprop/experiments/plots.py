@@ -1,7 +1,12 @@
 """The report's figures (matplotlib, Agg backend, PNG): learning curves as in the paper's
 Figures 2, 3 and 8, the AO-SDTP auxiliary-size sweep (Figure 4), the random-search
 histograms (Figure 5), and the MNIST autoencoder's reconstruction-error curves and
-reconstructions (Figures 6 and 7)."""
+reconstructions (Figures 6 and 7).
+
+Every curve stays on the chart: an error axis spans every value plotted (:func:`fit_error_axis`:
+linear while the values lie within a decade, else symmetric-log, so a rule near 90 % and one near
+1 % both read), a fixed axis (the paper's Figure 8 axes) names the curves it leaves out, and
+legends sit outside the axes, beside them, where they cover no line."""
 
 from __future__ import annotations
 
@@ -12,9 +17,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
-from bioprop.experiments.runs import Run, mean_curve, stat  # noqa: E402
+from bioprop.experiments.runs import Run, mean_curve  # noqa: E402
 from bioprop.presets.paper import METHODS  # noqa: E402
 
 COLORS = dict(zip(METHODS, plt.get_cmap("tab10").colors))
@@ -27,11 +32,48 @@ def _color(method: str):
     return plt.get_cmap("tab20b")(sum(ord(c) * (i + 1) for i, c in enumerate(method)) % 20)
 
 
-def _upper(values: list[float], floor: float = 5.0) -> float:
-    values = [v for v in values if v is not None and math.isfinite(v)]
+LOG_SPAN = 10.0  # a symmetric-log error axis once the highest value is more than this times the lowest (or 1 %)
+ERROR_TICKS = (0, 0.5, 1, 2, 5, 10, 20, 50, 100)  # error (%) ticks of a symmetric-log axis
+LEGEND_OUTSIDE = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def fit_error_axis(ax, values, floor: float = 1.0) -> None:
+    """Scales ``ax``'s error axis (%) to show every one of ``values``, from 0 to just above the
+    highest (at least ``floor``, at most 105): linear while the values lie within a decade (the
+    highest at most :data:`LOG_SPAN` times the lowest, or 1 %), else symmetric-log (linear below
+    1 %, logarithmic above), so that a curve near 90 % and one near 1 % are both readable."""
+    values = _finite(values)
     if not values:
-        return 100.0
-    return min(100.0, max(floor, 2.0 * sorted(values)[len(values) // 2] + 1.0, 1.15 * min(values)))
+        ax.set_ylim(0, 100.0)
+        return
+    high, low = max(values), min(values)
+    logarithmic = high > LOG_SPAN * max(low, 1.0)
+    top = min(105.0, max(floor, (1.25 if logarithmic else 1.08) * high))  # the same headroom to the eye
+    if logarithmic:
+        ax.set_yscale("symlog", linthresh=1.0, linscale=0.5)
+        ax.yaxis.set_major_locator(FixedLocator([t for t in ERROR_TICKS if t <= top]))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(0, top)
+
+
+def _off_the_axes(label: str, values: list[float], top: float) -> str:
+    """``label``, marked when the whole curve lies above a fixed axis' ``top`` (it is not drawn)."""
+    values = _finite(values)
+    if values and min(values) > top:
+        return f"{label} (off the axes: lowest {min(values):.1f} %)"
+    return label
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    """Writes ``fig`` to ``path`` (PNG) and closes it."""
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def learning_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: str, top5: bool = False,
@@ -39,33 +81,34 @@ def learning_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: 
     """One panel, all cells of one (dataset, architecture): mean over seeds of the train error
     (dashed) and test error (solid), as in Figures 2 and 8; ImageNet (``top5``): top-1 test
     solid, top-5 test dotted, as in Figure 3. ``cells`` = (method key, label, runs); ``ylim``
-    fixes the error axis (default: scaled to the curves)."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    bests = []
+    fixes the error axis (curves wholly above it are named in the legend), else it spans every
+    curve (:func:`fit_error_axis`). The legend sits to the right of the axes."""
+    fig, ax = plt.subplots(figsize=(9.0, 4.5))
+    plotted = []
     for method, label, runs in cells:
         color = _color(method)
         epochs, test = mean_curve(runs, "test_error")
-        ax.plot(epochs, test, "-", color=color, label=label, lw=1.6)
-        if top5:
-            e5, t5 = mean_curve(runs, "test_top5_error")
-            if e5:
-                ax.plot(e5, t5, ":", color=color, lw=1.4)
-        else:
-            e_tr, train = mean_curve(runs, "train_error")
-            ax.plot(e_tr, train, "--", color=color, lw=1.1, alpha=0.9)
-        bests.append(stat(runs, "best_test_error").mean)
-    ax.set_ylim(*(ylim or (0, 100.0 if top5 else _upper(bests))))
+        name = _off_the_axes(label, test, ylim[1]) if ylim else label
+        ax.plot(epochs, test, "-", color=color, label=name, lw=1.6)
+        other, style, width = ("test_top5_error", ":", 1.4) if top5 else ("train_error", "--", 1.1)
+        e_other, values = mean_curve(runs, other)
+        if e_other:
+            ax.plot(e_other, values, style, color=color, lw=width, alpha=0.9)
+        plotted += test + values
+    if ylim:
+        ax.set_ylim(*ylim)
+    else:
+        fit_error_axis(ax, plotted, floor=5.0)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("error (%)")
+    ax.set_ylabel("error (%)" + (", symmetric-log axis" if ax.get_yscale() == "symlog" else ""))
     style = "top-1 test solid, top-5 test dotted" if top5 else "test solid, train dashed"
-    ax.set_title(f"{title} ({style}; mean over seeds)", fontsize=10)
+    clipped = f"; clipped at {ylim[1]:g} %" if ylim and any(v > ylim[1] for v in _finite(plotted)) else ""
+    ax.set_title(f"{title} ({style}; mean over seeds{clipped})", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="upper right")
+    ax.legend(fontsize=8, ncol=1 if len(cells) <= 14 else 2, **LEGEND_OUTSIDE)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def cell_grid(cells: list[tuple[str, str, list[Run]]], path: Path, title: str) -> Path:
@@ -85,8 +128,8 @@ def cell_grid(cells: list[tuple[str, str, list[Run]]], path: Path, title: str) -
                 if any(y is not None for y in ys):
                     ax.plot(epochs, [y if y is not None else float("nan") for y in ys], style, color=color,
                             lw=width, alpha=0.85)
-            values.append(min(row["test_error"] for row in run.metrics))
-        ax.set_ylim(0, _upper(values, floor=2.0))
+                    values += ys
+        fit_error_axis(ax, values, floor=2.0)
         ax.set_title(f"{label} ({len(runs)} seed{'s' if len(runs) != 1 else ''})", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
@@ -95,15 +138,13 @@ def cell_grid(cells: list[tuple[str, str, list[Run]]], path: Path, title: str) -
         ax.axis("off")
     fig.suptitle(f"{title}: every seed; train dashed, validation dotted, test solid", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def aux_sweep(series: list[tuple[str, list[tuple[int, float, float | None]]]], path: Path, title: str) -> Path:
     """Figure 4: test error against the number of auxiliary output units.
     ``series`` = (label, [(aux_units, mean, std)])."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     for label, points in series:
         points = sorted(points)
         xs = [p[0] for p in points]
@@ -114,11 +155,9 @@ def aux_sweep(series: list[tuple[str, list[tuple[int, float, float | None]]]], p
     ax.set_ylabel("test error at best validation epoch (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, **LEGEND_OUTSIDE)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def search_histograms(studies: list[tuple[str, list[float]]], path: Path, quantity: str) -> Path:
@@ -136,50 +175,53 @@ def search_histograms(studies: list[tuple[str, list[float]]], path: Path, quanti
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def alignment_grid(panels: list[tuple[str, dict[str, tuple[list[int], list[float]]],
                                       dict[str, tuple[list[int], list[float]]]]], path: Path, title: str) -> Path:
     """One panel per rule: each layer's update angle to backprop's gradient (solid) and, where the rule
     has feedback weights, the angle between feedback and forward weights (dashed), by epoch, mean over
-    seeds. ``panels`` = (label, {layer: update-angle curve}, {layer: feedback-angle curve})."""
+    seeds. ``panels`` = (label, {layer: update-angle curve}, {layer: feedback-angle curve}). One legend
+    of the layers, right of the panels."""
     n = len(panels)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.4, 2.8 * rows), squeeze=False)
     colors = plt.get_cmap("viridis")
+    handles = {}  # layer -> its line, for the one legend
     for ax, (label, updates, feedback) in zip(axes.flat, panels):
         layers = list(dict.fromkeys([*updates, *feedback]))
+        angles = []
         for index, layer in enumerate(layers):
             color = colors(index / max(len(layers) - 1, 1))
             if layer in updates:
-                ax.plot(*updates[layer], "-", marker="o", ms=2.5, color=color, lw=1.3, label=layer)
+                (line,) = ax.plot(*updates[layer], "-", marker="o", ms=2.5, color=color, lw=1.3, label=layer)
+                handles.setdefault(layer, line)
+                angles += updates[layer][1]
             if layer in feedback:
                 ax.plot(*feedback[layer], "--", marker="x", ms=2.5, color=color, lw=1.0)
+                angles += feedback[layer][1]
         ax.axhline(90, color="grey", lw=0.8, ls=":")
-        ax.set_ylim(0, 120)
+        ax.set_ylim(0, max([120.0] + [1.05 * a for a in _finite(angles)]))
         ax.set_title(label, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2, loc="upper right")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(f"{title}: angle to backprop (degrees); update solid, feedback vs forward weights dashed",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    if handles:
+        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center right", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.2 / fig.get_figwidth(), 1) if handles else None)
+    return _save(fig, path, dpi=100)
 
 
 def reconstruction_curves(cells: list[tuple[str, str, list[Run]]], path: Path, title: str) -> Path:
     """Figure 6: mean over seeds of the train (dashed) and test (solid) reconstruction error (mean
     squared error per pixel) by epoch, one colour per method. ``cells`` = (method key, label, runs)."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9.0, 4.5))
     for method, label, runs in cells:
         color = _color(method)
         epochs, test = mean_curve(runs, "test_reconstruction_error")
@@ -192,11 +234,9 @@ def reconstruction_curves(cells: list[tuple[str, str, list[Run]]], path: Path, t
     ax.set_ylabel("reconstruction error (MSE per pixel)")
     ax.set_title(f"{title} (test solid, train dashed; mean over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, **LEGEND_OUTSIDE)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def reconstruction_grid(rows: list[tuple[str, "torch.Tensor"]], path: Path, title: str) -> Path:
@@ -219,6 +259,4 @@ def reconstruction_grid(rows: list[tuple[str, "torch.Tensor"]], path: Path, titl
         ax_row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
