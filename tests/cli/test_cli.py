@@ -26,7 +26,9 @@ def test_train_end_to_end_on_real_mnist(shared_data, tmp_path, capsys):
     assert "epoch   1/1" in out and "test" in out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["optimizers"]["forward"] == {"lr": 1e-3, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0,
-                                           "eps_convention": "pytorch"}
+                                           "eps_convention": "pytorch", "optimizer": "adam", "momentum": 0.0,
+                                           "nesterov": False, "lr_schedule": "constant", "warmup_epochs": 0.0,
+                                           "min_lr_ratio": 0.0, "step_epochs": 30.0, "step_gamma": 0.1}
     assert saved["data"]["val_size"] == 500 and saved["rule"] == "dfa"
 
 

@@ -3,6 +3,7 @@
 * :class:`Parser` turns every argparse error (an unknown flag, a missing value, a bad number)
   into one line ``bioprop COMMAND: error: ...`` and exit status 2, like bad input found later
   (:class:`~bioprop.errors.BiopropError`), and suggests the closest flag for a mistyped one.
+  Flags are never abbreviated: ``--sched`` is refused with ``--schedule`` suggested.
 * The types reject what ``float`` and ``int`` would let through or garble: ``nan`` and ``inf``
   by name, fractional integers, empty strings.
 """
@@ -42,6 +43,11 @@ class HelpFormatter(argparse.HelpFormatter):
                              subsequent_indent=indent, break_on_hyphens=False)
 
 
+#: flags easily taken for one another, with what each means, shown when one is suggested for a mistyped flag
+FLAG_GLOSSES = {"--schedule": "target propagation's order of updates",
+                "--lr-schedule": "the learning-rate schedule"}
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, raised as :class:`UsageError` (exit status 2
     in :func:`bioprop.cli.main`), and which records on the namespace which (sub)parser parsed it.
@@ -49,6 +55,9 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        # no abbreviated flags: with them --sched meant --schedule (target propagation's order of updates)
+        # and --lr-sched --lr-schedule, and every new flag could change what a short form means
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse's name
@@ -68,6 +77,7 @@ class Parser(argparse.ArgumentParser):
             if token.startswith("--"):
                 close = difflib.get_close_matches(token.split("=", 1)[0], flags, n=2, cutoff=0.6)
                 if close:
+                    close = [f"{flag} ({FLAG_GLOSSES[flag]})" if flag in FLAG_GLOSSES else flag for flag in close]
                     hints.append(f"{token.split('=', 1)[0]}: did you mean {' or '.join(close)}?")
         shown = " ".join(repr(token) if not token.isprintable() or not token or " " in token else token
                          for token in extras)

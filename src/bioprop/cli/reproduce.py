@@ -44,8 +44,9 @@ def add_parser(subparsers) -> None:
                              "e.g. 0,128,512,1024 (Figure 4) (default: no sweep)")
     parser.add_argument("--vary", action="append", metavar="KEY=V1,V2", type=name,
                         help="run every combination of these values instead of each preset's own (repeatable): "
-                             "a rule option (forward_reduction=unit-sum,element-mean), an Adam setting of every "
-                             "group (eps_convention=pytorch,tensorflow) or of one (inverse.lr=1e-4,1e-3), or "
+                             "a rule option (forward_reduction=unit-sum,element-mean), an optimiser setting of every "
+                             "group (eps_convention=pytorch,tensorflow, lr_schedule=constant,cosine) or of one "
+                             "(inverse.lr=1e-4,1e-3), or "
                              "val_size; folders <preset>.KEY=VALUE... (default: no variants)")
     parser.add_argument("--protocol", choices=("honest", "paper", "both"), default="honest",
                         help="honest: hold out the preset's validation split and report the test error at the "

@@ -9,22 +9,15 @@ from pathlib import Path
 
 from bioprop.checks import check_output_folder
 from bioprop.cli.args import any_int, finite_float, name, path, seed_int
+from bioprop.cli.optimizer_flags import RULE_OPTION_HINTS, add_optimizer_flags, apply_optimizer_flags, hinted
 from bioprop.data import DATASETS, DataConfig
 from bioprop.data.sources import check_data_folder
 from bioprop.errors import BiopropError
 from bioprop.models import MODELS
 from bioprop.rules import RULES
 from bioprop.tasks import task_of_summary
-from bioprop.training import AdamConfig, TrainConfig, train
-from bioprop.training.config import EPS_CONVENTIONS, OPTIMIZER_IMPLS, PRECISIONS, rule_group_names
-
-ADAM_FLAGS = {"lr": "learning rate", "beta1": "Adam beta1", "beta2": "Adam beta2", "eps": "Adam epsilon",
-              "weight_decay": "decoupled (AdamW) weight decay"}
-
-
-def other_groups() -> list[str]:
-    """The parameter groups besides ``forward`` that some rule trains; each gets ``--GROUP-lr`` etc."""
-    return [group for group in rule_group_names() if group != "forward"]
+from bioprop.training import TrainConfig, train
+from bioprop.training.config import EPS_CONVENTIONS, OPTIMIZER_IMPLS, PRECISIONS
 
 
 def rule_option_fields() -> dict[str, dataclasses.Field]:
@@ -42,6 +35,8 @@ def add_rule_options(parser: argparse.ArgumentParser, title: str) -> None:
     for option_name, option in rule_option_fields().items():
         kind = type(option.default) if option.default is not None else str
         kind = {float: finite_float, int: any_int}.get(kind, name)
+        if option_name in RULE_OPTION_HINTS:  # --schedule cosine: a pointer to --lr-schedule
+            kind = hinted(kind, RULE_OPTION_HINTS[option_name])
         rules = [rule for rule in RULES.names()
                  if option_name in {f.name for f in dataclasses.fields(RULES.get(rule).Options)}]
         options.add_argument(f"--{option_name.replace('_', '-')}", dest=f"rule_{option_name}", type=kind,
@@ -57,7 +52,6 @@ def _default(field: str, kind=TrainConfig):
 
 def add_parser(subparsers) -> None:
     data_default = lambda field: _default(field, DataConfig)  # noqa: E731
-    adam_default = lambda field: _default(field, AdamConfig)  # noqa: E731
     parser = subparsers.add_parser(
         "train", help="train one network with one learning rule",
         description="Train one network with one learning rule, from flags or from a preset plus flags. "
@@ -105,17 +99,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=seed_int, metavar="S",
                         help=f"random seed of initialisation, data order, noise and the validation split "
                              f"(default: {_default('seed')})")
-    for flag, meaning in ADAM_FLAGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", type=finite_float, metavar="X",
-                            help=f"forward-weights {meaning} (default: {adam_default(flag):g}, or the preset's)")
-    for group in other_groups():
-        rules = ", ".join(name for name in RULES.names() if group in RULES.get(name).groups)
-        followed = {RULES.get(name).group_defaults.get(group) for name in RULES.names()} - {None}
-        fallback = f"the {', '.join(sorted(followed))} group's for rules that follow it" if followed else ""
-        for flag, meaning in ADAM_FLAGS.items():
-            default = f"{adam_default(flag):g}" + (f", {fallback}" if fallback else "")
-            parser.add_argument(f"--{group}-{flag.replace('_', '-')}", type=finite_float, metavar="X",
-                                help=f"{group}-weights {meaning} ({rules}) (default: {default}, or the preset's)")
+    add_optimizer_flags(parser)  # --lr, --optimizer, --lr-schedule, ...; --inverse-lr, ... (cli/optimizer_flags.py)
     parser.add_argument("--eps-convention", choices=EPS_CONVENTIONS,
                         help="where Adam's epsilon enters, in every parameter group: 'pytorch' (added to the "
                              "bias-corrected sqrt(v)) or 'tensorflow' (added to the uncorrected sqrt(v), as "
@@ -127,7 +111,7 @@ def add_parser(subparsers) -> None:
                         help="fp32; tf32 (TensorFloat-32 matmuls on CUDA); bf16 (autocast, fp32 master weights) "
                              f"(default: {_default('precision')})")
     parser.add_argument("--optimizer-impl", choices=OPTIMIZER_IMPLS,
-                        help="Adam kernel; auto = fused where the device supports it "
+                        help="optimiser kernel (Adam, AdamW, SGD); auto = fused where the device supports it "
                              f"(default: {_default('optimizer_impl')})")
     parser.add_argument("--limit-batches", type=any_int, metavar="N",
                         help="train on at most this many batches per pass (default: all)")
@@ -169,15 +153,7 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
                  "alignment_every"):
         if getattr(args, flag) is not None:
             setattr(config, flag, getattr(args, flag))
-    for group in ("forward", *other_groups()):
-        prefix = "" if group == "forward" else f"{group}_"
-        given = {flag: getattr(args, prefix + flag) for flag in ADAM_FLAGS if getattr(args, prefix + flag) is not None}
-        if given and group not in RULES.get(config.rule).groups:
-            flags = ", ".join(f"--{prefix + flag}".replace("_", "-") for flag in given)
-            raise BiopropError(f"{flags}: rule {config.rule!r} has no {group!r} parameter group (its groups: "
-                               f"{', '.join(RULES.get(config.rule).groups)})")
-        if given or group not in config.optimizers and group == "forward":
-            config.optimizers[group] = dataclasses.replace(config.optimizers.get(group, AdamConfig()), **given)
+    apply_optimizer_flags(args, config)
     if args.eps_convention is not None:
         for group in RULES.get(config.rule).groups:
             config.optimizers[group] = dataclasses.replace(config.optimizer_settings(group),

@@ -33,7 +33,8 @@ from bioprop.errors import BiopropError
 from bioprop.presets import Preset, select_presets
 from bioprop.rules import RULES
 from bioprop.tasks import task_of_summary
-from bioprop.training import AdamConfig, TrainConfig
+from bioprop.training import TrainConfig
+from bioprop.training.config import OptimizerConfig
 from bioprop.training.checkpoint import save_json
 
 SPEC = "spec.json"
@@ -134,10 +135,13 @@ def parse_int_list(text: str | None, what: str) -> list[int]:
 
 
 def parse_grid(values: list[str] | None) -> dict[str, list]:
-    """``--vary KEY=V1,V2`` (repeatable) -> ``{KEY: [V1, V2]}``; numbers become numbers.
+    """``--vary KEY=V1,V2`` (repeatable) -> ``{KEY: [V1, V2]}``; numbers become numbers, true and false
+    booleans.
 
-    A KEY is a rule option (``forward_reduction``, ``alpha``), an Adam field for every parameter group
-    of the rule (``eps``, ``eps_convention``) or for one (``inverse.lr``), or ``val_size``."""
+    A KEY is a rule option (``forward_reduction``, ``alpha``), an optimiser setting
+    (:class:`~bioprop.training.config.OptimizerConfig`: ``eps``, ``eps_convention``, ``optimizer``,
+    ``lr_schedule``, ...) for every parameter group of the rule or for one (``inverse.lr``), or
+    ``val_size``."""
     grid: dict[str, list] = {}
     for value in values or []:
         key, sep, listed = str(value).partition("=")
@@ -152,6 +156,8 @@ def parse_grid(values: list[str] | None) -> dict[str, list]:
 
 
 def _parse_value(text: str):
+    if text.lower() in ("true", "false"):  # nesterov=true,false
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)
@@ -160,7 +166,7 @@ def _parse_value(text: str):
     return text
 
 
-ADAM_FIELDS = {f.name for f in dataclasses.fields(AdamConfig)}
+ADAM_FIELDS = {f.name for f in dataclasses.fields(OptimizerConfig)}  # every optimiser setting, not only Adam's
 
 
 def applies(key: str, rule: str) -> bool:
@@ -220,7 +226,7 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
     for key in grid:
         if not any(applies(key, preset.rule) for preset in presets):
             raise BiopropError(f"--vary {key}: not an option of any selected rule ("
-                               f"{', '.join(sorted({p.rule for p in presets}))}), an Adam setting "
+                               f"{', '.join(sorted({p.rule for p in presets}))}), an optimiser setting "
                                f"({', '.join(sorted(ADAM_FIELDS))}, or GROUP.SETTING) or val_size")
     variants: list[tuple[Preset, str, dict]] = []
     for preset in presets:
@@ -264,8 +270,8 @@ def plan_runs(presets: list[Preset], seeds: int | list[int] = 3, epochs: EpochBu
 
 
 def apply_variant(config: TrainConfig, variant: dict) -> None:
-    """Applies a variant to a config: rule options, Adam settings (``eps`` for every group of the
-    rule, ``inverse.lr`` for one), ``val_size`` and ``protocol`` (paper: ``val_size`` 0)."""
+    """Applies a variant to a config: rule options, optimiser settings (``eps`` or ``lr_schedule`` for
+    every group of the rule, ``inverse.lr`` for one), ``val_size`` and ``protocol`` (paper: ``val_size`` 0)."""
     for key, value in variant.items():
         group, _, name = key.rpartition(".")
         if key == "val_size":

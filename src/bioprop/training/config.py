@@ -20,19 +20,43 @@ from bioprop.errors import BiopropError
 EPS_CONVENTIONS = ("pytorch", "tensorflow")
 
 
-@dataclass
-class AdamConfig:
-    """Adam (Kingma & Ba 2015) settings for one parameter group; with ``weight_decay`` > 0, AdamW's
-    decoupled decay (Loshchilov & Hutter 2019): every step also multiplies the weights by 1 - lr * weight_decay.
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "step")
 
-    ``eps_convention`` says where ε enters the step (the paper's code was TensorFlow; Table 5's ε
-    reach 1e-3, large against these gradients, so this can matter):
+
+@dataclass
+class OptimizerConfig:
+    """The optimiser and learning-rate schedule of one parameter group (``docs/optimizers.md``).
+
+    ``optimizer``:
+
+    * ``"adam"``: Adam (Kingma & Ba 2015); with ``weight_decay`` > 0, AdamW's decoupled decay
+      (Loshchilov & Hutter 2019): every step also multiplies the weights by 1 - lr * weight_decay.
+      This is what every config meant before the field existed, so older runs resume and repeat
+      bit for bit; Adam with an L2 term in the gradient is not offered.
+    * ``"adamw"``: AdamW, said explicitly (the same update as ``"adam"`` with ``weight_decay`` > 0).
+    * ``"sgd"``: SGD with ``momentum`` μ (dampening 0): b ← μ b + g, θ ← θ - lr · b (b = g at the first
+      step), or with ``nesterov`` θ ← θ - lr · (g + μ b); ``weight_decay`` λ adds λ θ to g (L2).
+      ``beta1``, ``beta2``, ``eps`` are Adam's and unused.
+
+    ``eps_convention`` says where Adam's ε enters the step (the paper's code was TensorFlow; Table 5's
+    ε reach 1e-3, large against these gradients, so this can matter):
 
     * ``"pytorch"``: θ -= lr · m̂ / (√v̂ + ε), with the bias-corrected moments m̂, v̂ (PyTorch; the
       algorithm as printed in Kingma & Ba);
     * ``"tensorflow"``: θ -= lr · √(1-β2ᵗ)/(1-β1ᵗ) · m / (√v + ε), ε added to the *uncorrected* √v
       (``tf.train.AdamOptimizer``, Keras; "ε̂" in Kingma & Ba §2). That is PyTorch's update with
       ε / √(1-β2ᵗ) at step t: larger early on, the same once β2ᵗ is small.
+
+    ``lr_schedule`` (the learning rate over training; not target propagation's ``schedule``, the
+    order of forward and inverse updates): ``"constant"``, ``"cosine"`` (to ``min_lr_ratio`` · lr at
+    the end of training) or ``"step"`` (× ``step_gamma`` every ``step_epochs`` epochs), each after a
+    linear warm-up of ``warmup_epochs`` epochs (0: none). Factors by step:
+    :class:`bioprop.training.optimizers.LearningRateFactor`.
+
+    A setting that does not apply to the chosen optimiser or schedule (``momentum`` for Adam,
+    ``min_lr_ratio`` for a step schedule) must keep its default: :meth:`validate` refuses it rather
+    than ignore it.
     """
 
     lr: float = 1e-3
@@ -41,22 +65,62 @@ class AdamConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     eps_convention: str = "pytorch"
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    nesterov: bool = False
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    step_epochs: float = 30.0
+    step_gamma: float = 0.1
+
+    #: fields that are not numbers
+    CHOICES = {"eps_convention": EPS_CONVENTIONS, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}
+    #: settings that only some optimisers or schedules use: (the field that chooses, the values that use it)
+    APPLIES = {"momentum": ("optimizer", ("sgd",)), "nesterov": ("optimizer", ("sgd",)),
+               "eps_convention": ("optimizer", ("adam", "adamw")),
+               "min_lr_ratio": ("lr_schedule", ("cosine",)),
+               "step_epochs": ("lr_schedule", ("step",)), "step_gamma": ("lr_schedule", ("step",))}
 
     def validate(self, group: str) -> None:
-        check_choice(self.eps_convention, f"{group} optimiser: eps_convention", EPS_CONVENTIONS)
+        where = f"{group} optimiser"
+        for name, choices in self.CHOICES.items():
+            check_choice(getattr(self, name), f"{where}: {name}", choices)
+        if not isinstance(self.nesterov, bool):
+            raise BiopropError(f"{where}: nesterov must be true or false, got {shown(self.nesterov)}")
         for name, value in asdict(self).items():
-            if name != "eps_convention" and not is_finite_number(value):
-                raise BiopropError(f"{group} optimiser: {name} must be a finite number, got {shown(value)}")
+            if name not in self.CHOICES and name != "nesterov" and not is_finite_number(value):
+                raise BiopropError(f"{where}: {name} must be a finite number, got {shown(value)}")
         if self.lr <= 0:
-            raise BiopropError(f"{group} optimiser: learning rate must be > 0, got {shown(self.lr)}")
-        for name in ("beta1", "beta2"):
+            raise BiopropError(f"{where}: learning rate must be > 0, got {shown(self.lr)}")
+        for name in ("beta1", "beta2", "momentum"):
             if not 0 <= getattr(self, name) < 1:
-                raise BiopropError(f"{group} optimiser: {name} must be in [0, 1), got {shown(getattr(self, name))}")
+                raise BiopropError(f"{where}: {name} must be in [0, 1), got {shown(getattr(self, name))}")
         if self.eps <= 0:
-            raise BiopropError(f"{group} optimiser: eps must be > 0, got {shown(self.eps)}")
+            raise BiopropError(f"{where}: eps must be > 0, got {shown(self.eps)}")
         if not 0 <= self.weight_decay * self.lr < 1:
-            raise BiopropError(f"{group} optimiser: weight_decay must be >= 0 with lr * weight_decay < 1, "
+            raise BiopropError(f"{where}: weight_decay must be >= 0 with lr * weight_decay < 1, "
                                f"got {shown(self.weight_decay)}")
+        if self.warmup_epochs < 0:
+            raise BiopropError(f"{where}: warmup_epochs must be >= 0, got {shown(self.warmup_epochs)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise BiopropError(f"{where}: min_lr_ratio must be in [0, 1], got {shown(self.min_lr_ratio)}")
+        if self.step_epochs <= 0:
+            raise BiopropError(f"{where}: step_epochs must be > 0, got {shown(self.step_epochs)}")
+        if not 0 < self.step_gamma <= 1:
+            raise BiopropError(f"{where}: step_gamma must be in (0, 1], got {shown(self.step_gamma)}")
+        defaults = OptimizerConfig()
+        for name, (chooser, users) in self.APPLIES.items():
+            if getattr(self, chooser) not in users and getattr(self, name) != getattr(defaults, name):
+                raise BiopropError(f"{where}: {name} {shown(getattr(self, name))} applies to {chooser} "
+                                   f"{' or '.join(users)} only, not {getattr(self, chooser)!r} (leave it at "
+                                   f"{shown(getattr(defaults, name))})")
+        if self.nesterov and self.momentum == 0:
+            raise BiopropError(f"{where}: nesterov needs momentum > 0, got momentum {shown(self.momentum)}")
+
+
+#: the name of :class:`OptimizerConfig` before it held SGD and schedules; kept for imports and pickles
+AdamConfig = OptimizerConfig
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -82,8 +146,8 @@ def parse_checkpoint_every(value: str | None) -> tuple[str, float] | None:
                        f"got {shown(value)}")
 
 
-def _default_optimizers() -> dict[str, AdamConfig]:
-    return {"forward": AdamConfig()}
+def _default_optimizers() -> dict[str, OptimizerConfig]:
+    return {"forward": OptimizerConfig()}
 
 
 @dataclass
@@ -92,7 +156,7 @@ class TrainConfig:
     model: str
     rule: str = "bp"
     rule_options: dict[str, Any] = field(default_factory=dict)
-    optimizers: dict[str, AdamConfig] = field(default_factory=_default_optimizers)
+    optimizers: dict[str, OptimizerConfig] = field(default_factory=_default_optimizers)
     epochs: int = 20
     batch_size: int = 100
     eval_batch_size: int = 1000
@@ -102,7 +166,7 @@ class TrainConfig:
     limit_eval_batches: int | None = None  # cap on batches per evaluation split
     train_eval_size: int | None = None     # evaluated train error on a fixed subset of this size (None: all)
     precision: str = "fp32"                # fp32, tf32 (CUDA matmuls), bf16 (autocast; fp32 master weights)
-    optimizer_impl: str = "auto"           # Adam kernel: auto (fused where supported), fused, foreach, plain
+    optimizer_impl: str = "auto"           # optimiser kernel: auto (fused where supported), fused, foreach, plain
     checkpoint_every: str | None = None    # also checkpoint within a pass: "N" steps or "Nmin" minutes
     alignment_every: int = 0               # alignment with backprop every N steps (0: off), see training/alignment.py
 
@@ -133,12 +197,12 @@ class TrainConfig:
         check_choice(self.optimizer_impl, "optimizer_impl", OPTIMIZER_IMPLS)
         parse_checkpoint_every(self.checkpoint_every)
         if not isinstance(self.optimizers, dict):
-            raise BiopropError(f"optimizers must be a mapping of group names to Adam settings, "
+            raise BiopropError(f"optimizers must be a mapping of group names to optimiser settings, "
                                f"got {shown(self.optimizers)}")
         for group, adam in self.optimizers.items():
-            if not isinstance(group, str) or not isinstance(adam, AdamConfig):
-                raise BiopropError(f"optimizers: {shown(group)} must name a parameter group and hold Adam settings "
-                                   f"(lr, beta1, beta2, eps), got {shown(adam)}")
+            if not isinstance(group, str) or not isinstance(adam, OptimizerConfig):
+                raise BiopropError(f"optimizers: {shown(group)} must name a parameter group and hold optimiser "
+                                   f"settings (lr, beta1, beta2, eps, ...), got {shown(adam)}")
             adam.validate(group)
         known_groups = rule_group_names()
         for group in self.optimizers:
@@ -146,10 +210,11 @@ class TrainConfig:
                 raise BiopropError(f"optimizers: unknown parameter group {group!r}{suggest(group, known_groups)} "
                                    f"(the rules' groups: {', '.join(known_groups)})")
 
-    def optimizer_settings(self, group: str) -> AdamConfig:
-        """The Adam settings of parameter group ``group``: its own entry in ``optimizers``, else those of
-        the group the rule says it follows (``LearningRule.group_defaults``, e.g. Kolen-Pollack's
-        feedback weights follow the forward weights), else Adam's defaults (:class:`AdamConfig`)."""
+    def optimizer_settings(self, group: str) -> OptimizerConfig:
+        """The optimiser settings of parameter group ``group``: its own entry in ``optimizers``, else
+        those of the group the rule says it follows (``LearningRule.group_defaults``, e.g. Kolen-Pollack's
+        feedback weights follow the forward weights), else the defaults (:class:`OptimizerConfig`:
+        Adam, constant learning rate)."""
         from bioprop.rules import RULES
 
         if group in self.optimizers:
@@ -157,7 +222,7 @@ class TrainConfig:
         followed = RULES.get(self.rule).group_defaults.get(group)
         if followed is not None and followed in self.optimizers:
             return self.optimizers[followed]
-        return AdamConfig()
+        return OptimizerConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,13 +249,14 @@ class TrainConfig:
         values["data"] = DataConfig(**data)
         optimizers = values.get("optimizers", {})
         if not isinstance(optimizers, dict):
-            raise BiopropError(f"config field optimizers must be a mapping of group names to Adam settings, "
+            raise BiopropError(f"config field optimizers must be a mapping of group names to optimiser settings, "
                                f"got {shown(optimizers)}")
         for group, adam in optimizers.items():
             if not isinstance(adam, dict):
-                raise BiopropError(f"optimizers.{group} must be a mapping (lr, beta1, beta2, eps), got {shown(adam)}")
-            _check_fields(adam, AdamConfig, f"optimizers.{group}")
-        values["optimizers"] = {group: AdamConfig(**adam) for group, adam in optimizers.items()}
+                raise BiopropError(f"optimizers.{group} must be a mapping (lr, beta1, beta2, eps, ...), "
+                                   f"got {shown(adam)}")
+            _check_fields(adam, OptimizerConfig, f"optimizers.{group}")  # fields added since get their defaults
+        values["optimizers"] = {group: OptimizerConfig(**adam) for group, adam in optimizers.items()}
         return cls(**values)
 
 

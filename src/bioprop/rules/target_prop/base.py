@@ -82,8 +82,9 @@ class TPOptions:
     """Options shared by every target-propagation rule."""
 
     schedule: str = field(default="parallel", metadata={
-        "help": "target propagation: 'parallel' (forward and inverse losses every mini-batch) or "
-                "'alternating' (each epoch: a full pass training the inverses, then one training the forward weights)",
+        "help": "target propagation's order of updates (not the learning-rate schedule, which is --lr-schedule): "
+                "'parallel' (forward and inverse losses every mini-batch) or 'alternating' (each epoch: a full pass "
+                "training the inverses, then one training the forward weights)",
         "choices": list(SCHEDULES)})
     noise: float = field(default=0.2, metadata={
         "help": "target propagation: standard deviation sigma of the Gaussian noise added to h_{l-1} "
