@@ -11,9 +11,10 @@ EPOCHS ?= 3
 
 .PHONY: install demo test test-slow bench clean
 
+# setuptools>=77 builds the editable install (--no-build-isolation: the one in the venv, not a download)
 $(BIN)/bioprop: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77"
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(BIN)/bioprop
@@ -23,6 +24,7 @@ install: $(BIN)/bioprop
 demo: install
 	$(BIN)/bioprop data fetch mnist
 	$(BIN)/python examples/demo.py --epochs $(EPOCHS)
+	@echo "bioprop is installed in $(VENV): run $(BIN)/bioprop --help, or 'source $(BIN)/activate' first and then bioprop --help"
 
 # The real-data tests use MNIST and Fashion-MNIST (found, or fetched into the cache). Without
 # network access the fetch fails: the suite still runs, and those tests are skipped saying why.
