@@ -22,13 +22,19 @@ target propagation's first target (:meth:`Task.prediction`, :meth:`Task.best_pre
 evaluation, the trainer's metrics rows and :func:`~bioprop.training.results.summarize`. The row
 keys are ``{split}_{metric}``: ``test_error`` for classification, exactly as before, and
 ``test_reconstruction_error`` for reconstruction.
+
+Your own loss (``docs/own-loop.md``): :class:`LossTask` makes a task of any loss function
+(regression with MSE, label-smoothed cross-entropy, ...), and a rule takes it with
+``create_rule(name, model, task=...)`` or ``rule.task = ...`` (:func:`as_task`: a registered name,
+a :class:`Task`, or a bare loss callable). A model may also carry a :class:`Task` instance in its
+``task`` attribute.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +76,11 @@ class Task:
         raise NotImplementedError
 
     def output_error(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """e = ∂(Σ_n L_n)/∂h_L: each example's own output error (the batch-mean loss's is e / N)."""
-        raise NotImplementedError
+        """e = ∂(Σ_n L_n)/∂h_L: each example's own output error (the batch-mean loss's is e / N).
+
+        Default: by autograd from :meth:`loss` (:func:`loss_gradient`), exact for any batch-mean loss;
+        the built-in tasks override it with the closed form."""
+        return loss_gradient(self.loss, output, target)
 
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
         """The output in the space where the loss has its minimiser (what an output inverse reads)."""
@@ -207,6 +216,125 @@ class Reconstruction(Task):
                                     "input": encode_images(images[0]), "output": encode_images(images[1])}}
 
 
+def loss_gradient(loss: Callable, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """N ∂loss(output, target)/∂output for a batch of N: each example's own output error when ``loss`` is
+    the mean over the batch of per-example losses. Computed by autograd on a detached copy of ``output``,
+    also when called under ``torch.no_grad()`` (target propagation computes its targets there)."""
+    output = output.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(loss(output, target) * output.shape[0], output)
+    return gradient
+
+
+class LossTask(Task):
+    """A task made of your own loss function, for any rule (``docs/own-loop.md``)::
+
+        regression = LossTask(F.mse_loss)                                   # targets y of the output's shape
+        smoothed = LossTask(lambda o, y: F.cross_entropy(o, y, label_smoothing=0.1), like="classification")
+        rule = bioprop.create_rule("dtp", network, task=regression)        # or rule.task = regression
+
+    ``loss(output, target)`` returns a scalar, the **mean over the batch** of per-example losses (as
+    ``F.cross_entropy`` and ``F.mse_loss`` do by default), differentiable in ``output``. It is what every
+    rule trains on: the loss back-propagated by BP, FA and the other feedback rules, the error DFA sends
+    to the hidden layers, the output layer's loss and the output error e = ∂(Σ_n L_n)/∂h_L of the
+    target-propagation rules (computed by autograd from ``loss``, :func:`loss_gradient`, so exact for any
+    loss). What the loss is not enough to say comes from ``like``:
+
+    * ``like=None`` (regression): the target is the batch's ``y`` as given; the prediction an output
+      inverse reads (TP, SDTP, AO-SDTP) is the output itself and its best value the target itself (the
+      minimiser of any loss that vanishes at output == target; integer labels: their one-hot vectors);
+      the one metric is the mean loss, ``loss``; ``output_units`` is unknown (build the network yourself).
+    * ``like="classification"``, ``"reconstruction"`` (or any :class:`Task`): that task's target,
+      prediction, best prediction, output width and metrics (error %, ...), whose ``loss`` entry is this
+      loss. For label smoothing the best prediction stays the one-hot label.
+
+    ``target(x, y)``, when given, replaces what the loss compares the output with (e.g.
+    ``lambda x, y: x.flatten(1)`` to reconstruct the input). ``name`` is how messages name the task.
+    """
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, like: "str | Task | None" = None,
+                 target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, name: str = "custom"):
+        if not callable(loss) or isinstance(loss, (type, Task)):
+            raise BiopropError(f"LossTask needs a loss function loss(output, target) -> scalar, got {loss!r}")
+        if target is not None and not callable(target):
+            raise BiopropError(f"LossTask target must be a function target(x, y) -> tensor, got {target!r}")
+        if like is not None and not isinstance(like, (str, Task)):
+            raise BiopropError(f"LossTask like= names a task ({', '.join(TASKS.names())}) or is a Task, got {like!r}")
+        self.loss_function, self.target_function, self.name = loss, target, name
+        self.like = None if like is None else as_task(like)
+        if self.like is not None:
+            self.metric, self.sums = self.like.metric, self.like.sums
+        else:
+            self.metric, self.sums = "loss", ("loss",)
+
+    def __repr__(self) -> str:
+        like = f", like={self.like.name!r}" if self.like is not None else ""
+        return f"LossTask({getattr(self.loss_function, '__name__', self.loss_function)!r}{like}, name={self.name!r})"
+
+    def loss(self, output, target):
+        return self.loss_function(output, target)
+
+    def target(self, x, y):
+        if self.target_function is not None:
+            return self.target_function(x, y)
+        return self.like.target(x, y) if self.like is not None else y
+
+    def output_units(self, input_shape, num_classes):
+        if self.like is None:
+            raise BiopropError(f"task {self.name!r} does not know how many outputs a network needs; build the "
+                               f"network yourself, or give LossTask like='classification' / 'reconstruction'")
+        return self.like.output_units(input_shape, num_classes)
+
+    def prediction(self, output):
+        return self.like.prediction(output) if self.like is not None else output
+
+    def best_prediction(self, target, units, dtype):
+        if self.like is not None:
+            return self.like.best_prediction(target, units, dtype)
+        if not target.is_floating_point():
+            return F.one_hot(target, units).to(dtype)
+        return target.reshape(target.shape[0], units).to(dtype)
+
+    def _loss_sum(self, output, target):
+        return self.loss(output, target).detach() * output.shape[0]
+
+    def metric_sum(self, output, target):
+        return self.like.metric_sum(output, target) if self.like is not None else self._loss_sum(output, target)
+
+    def running_metric(self, total, seen):
+        return self.like.running_metric(total, seen) if self.like is not None else total / max(seen, 1)
+
+    def batch_sums(self, output, target):
+        sums = self.like.batch_sums(output, target) if self.like is not None else {}
+        if "loss" in self.sums:
+            sums["loss"] = self._loss_sum(output, target)
+        return sums
+
+    def metrics(self, totals, seen, output_units):
+        if self.like is not None:
+            return self.like.metrics(totals, seen, output_units)
+        return {"loss": totals["loss"] / seen}
+
+    def format_metric(self, value):
+        return self.like.format_metric(value) if self.like is not None else super().format_metric(value)
+
+    def samples(self, model, split, normalization, device, autocast):
+        return self.like.samples(model, split, normalization, device, autocast) if self.like is not None else {}
+
+
+def as_task(value) -> Task:
+    """The task a user means: a registered name (``"classification"``), a :class:`Task` (e.g. a
+    :class:`LossTask`), or a bare loss function ``loss(output, target)``, which becomes ``LossTask(loss)``."""
+    if isinstance(value, Task):
+        return value
+    if isinstance(value, str):
+        return TASKS.get(value)
+    if callable(value) and not isinstance(value, type):
+        return LossTask(value)
+    raise BiopropError(f"a task is a name ({', '.join(TASKS.names())}), a bioprop.tasks.Task (e.g. "
+                       f"LossTask(my_loss)) or a loss function loss(output, target), got {value!r}")
+
+
 def encode_images(pixels: torch.Tensor) -> str:
     """Images on the [0, 1] scale as base64 of their uint8 values (round(255 p), clamped)."""
     values = (pixels.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
@@ -221,7 +349,8 @@ def decode_images(text: str, shape: list[int]) -> torch.Tensor:
 
 def task_of(module) -> Task:
     """The task of a model (its ``task`` attribute: a registered name or a :class:`Task`; absent:
-    classification), or of a learning rule (its model's)."""
+    classification), or of a learning rule (``rule.task``: the one given to ``create_rule(task=...)``,
+    else its model's)."""
     value = getattr(module, "task", "classification")
     if isinstance(value, Task):
         return value
@@ -232,8 +361,9 @@ def task_of(module) -> Task:
 
 
 def task_of_row(row: dict) -> Task:
-    """The task whose test metric a metrics row holds (classification when none matches)."""
-    for name in TASKS.names():
+    """The task whose test metric a metrics row holds (classification when none matches). Tasks whose
+    metric is the bare ``loss`` (registered :class:`LossTask` s) come last: every row holds a loss."""
+    for name in sorted(TASKS.names(), key=lambda name: TASKS.get(name).metric == "loss"):
         task = TASKS.get(name)
         if f"test_{task.metric}" in row:
             return task

@@ -5,7 +5,19 @@ everything the rule adds to it: fixed feedback weights (buffers), learned invers
 (parameters), auxiliary outputs. Its ``state_dict`` therefore holds the whole learning state
 of a run, which is what checkpoints save and what data-parallel training replicates.
 
-The training loop talks to every rule through four methods and never branches on the rule:
+The training loop talks to every rule through four methods and never branches on the rule; your
+own loop can do the same (``docs/own-loop.md``)::
+
+    rule = create_rule("dtp", network, seed=0, schedule="alternating")    # task=... for your own loss
+    optimizers = {group: torch.optim.Adam(params, lr=1e-3) for group, params in rule.parameter_groups().items()}
+    for epoch in range(epochs):
+        for groups in rule.passes():                  # (("inverse",), ("forward",)) when alternating
+            for x, y in loader:
+                for group in groups:
+                    optimizers[group].zero_grad()
+                step = rule.compute_gradients(x, y, groups)   # the rule's update, in .grad
+                for group in groups:
+                    optimizers[group].step()
 
 * ``parameter_groups()`` -> ``{"forward": [...], "inverse": [...]}``: each group gets its own
   optimiser (the paper uses separate Adam settings for forward and inverse weights);
@@ -16,12 +28,16 @@ The training loop talks to every rule through four methods and never branches on
   mini-batch and returns a :class:`StepResult`; the loop then steps the optimisers. Keeping
   "compute gradients" separate from "apply them" is what lets gradients be all-reduced across
   processes, compared with backprop's for alignment metrics, or clipped, for any rule;
-* ``forward(x)``: the network's output (logits) for evaluation.
+* ``forward(x)``: the network's output (logits) for evaluation. A backward pass through it is
+  *not* the rule's update for a rule built on a bioprop Network (today it gives backprop's
+  gradients there); only the feedback rules and DFA applied with ``bioprop.wrap`` (or to a plain
+  ``nn.Module``) change what autograd computes. The rule's update is ``compute_gradients``.
 
-The loss is the model's task (:mod:`bioprop.tasks`, ``self.task``): ``self.task.loss(output,
+The loss is the rule's task (:mod:`bioprop.tasks`, ``self.task``): ``self.task.loss(output,
 self.task.target(x, y))``, softmax cross-entropy against the labels y for classification, ½||h_L - x||²
-for reconstruction. A rule that cannot serve a task lists the ones it can in ``tasks`` and is refused
-by name on any other model.
+for reconstruction, or your own (``create_rule(..., task=LossTask(my_loss))`` or ``rule.task = ...``);
+by default the model's task. A rule that cannot serve a task lists the ones it can in ``tasks`` and is
+refused by name on any other.
 
 Adding a rule means one new file (anywhere under ``rules/``: the package imports every module)
 with a subclass decorated ``@register_rule("name")``. Everything else asks the class:
@@ -52,7 +68,7 @@ from bioprop.errors import BiopropError
 from bioprop.models import Network
 from bioprop.nn import LocallyConnected2d
 from bioprop.registry import Registry
-from bioprop.tasks import Task, task_of
+from bioprop.tasks import Task, as_task, task_of
 
 RULES: Registry = Registry("learning rule")
 #: the affine layer types: those the feedback rules wrap, and whose weights alignment metrics report
@@ -115,6 +131,8 @@ class LearningRule(nn.Module):
     preset_column: ClassVar[str | None] = None
     #: the tasks (:mod:`bioprop.tasks`) the rule can train; None: every task
     tasks: ClassVar[tuple[str, ...] | None] = None
+    #: the task set with ``rule.task = ...`` / ``create_rule(task=...)``; None: the model's
+    _task: Task | None = None
 
     @dataclass
     class Options:
@@ -128,9 +146,9 @@ class LearningRule(nn.Module):
         self.validate_options()
         self.check_task(model)
 
-    def check_task(self, model: nn.Module) -> None:
-        """Refuses, by name, a model whose task the rule cannot train (``tasks``)."""
-        task = task_of(model)
+    def check_task(self, model: nn.Module, task: Task | None = None) -> None:
+        """Refuses, by name, a task (default: the model's) that the rule cannot train (``tasks``)."""
+        task = task_of(model) if task is None else task
         if self.tasks is not None and task.name not in self.tasks:
             raise BiopropError(f"rule {self.name!r} cannot train a {task.name} task (model "
                                f"{getattr(model, 'name', '') or type(model).__name__}): it serves only "
@@ -138,8 +156,21 @@ class LearningRule(nn.Module):
 
     @property
     def task(self) -> Task:
-        """The model's task: the loss, its target, the output error (:mod:`bioprop.tasks`)."""
-        return task_of(self.model)
+        """What the rule trains the network to do (:mod:`bioprop.tasks`): the loss, its target, the
+        output error. The task given to ``create_rule(task=...)`` or set here, else the model's.
+
+        Set it to a registered name, a :class:`~bioprop.tasks.Task` (e.g. ``LossTask(my_loss)``) or a
+        bare loss function ``loss(output, target)`` (:func:`~bioprop.tasks.as_task`); ``rule.task =
+        None`` returns to the model's. ``compute_gradients``, alignment metrics and
+        ``bioprop.evaluate(rule, ...)`` use it; the model's own ``task`` attribute is not changed."""
+        return self._task if self._task is not None else task_of(self.model)
+
+    @task.setter
+    def task(self, value) -> None:
+        task = None if value is None else as_task(value)
+        if task is not None:
+            self.check_task(self.model, task)
+        self._task = task
 
     # -- options -------------------------------------------------------------------------
     @classmethod
@@ -173,15 +204,60 @@ class LearningRule(nn.Module):
         return self.model(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters the rule trains, by group: ``{group: [parameters]}``, keys as :attr:`groups`.
+
+        ``forward``: the network's own weights and biases; ``inverse``: the learned inverses of the
+        target-propagation family; ``feedback``: learned feedback weights (Kolen-Pollack, weight mirrors).
+        Every trained parameter is in exactly one group; fixed random feedback weights and other
+        fixed tensors are buffers, in none. Give each group its own optimiser, built once::
+
+            optimizers = {group: torch.optim.Adam(params, lr=...) for group, params in rule.parameter_groups().items()}
+
+        (the paper uses separate Adam settings for forward and inverse weights; a group in
+        :attr:`group_defaults`, e.g. ``feedback``, takes the settings of the group it names by
+        default). The lists hold the live ``nn.Parameter`` objects, which ``rule.to(device)`` keeps."""
         return {"forward": list(self.model.parameters())}
 
     def passes(self) -> tuple[tuple[str, ...], ...]:
         """One epoch as passes over the training data, each the tuple of groups it trains.
 
-        Default: a single pass that trains every group on every mini-batch."""
+        Every group of :meth:`parameter_groups` is trained by at least one pass. Default: a single
+        pass, ``(("forward", ...every group),)``, training every group on every mini-batch (BP, the
+        feedback rules, DFA, target propagation with ``schedule="parallel"``). Target propagation with
+        ``schedule="alternating"`` returns ``(("inverse",), ("forward",))``: a full pass over the data
+        training only the inverses, then a full pass training only the forward weights. A loop runs
+        ``for groups in rule.passes(): for x, y in data: ...compute_gradients(x, y, groups)...``,
+        stepping only the optimisers of ``groups``."""
         return (tuple(self.parameter_groups()),)
 
     def compute_gradients(self, x: torch.Tensor, y: torch.Tensor, groups: tuple[str, ...]) -> StepResult:
+        """The rule's update for one mini-batch, written into ``.grad``; the caller steps the optimisers.
+
+        * ``x``: a batch of inputs ``(N, ...)`` on the rule's device; ``y``: its labels, or whatever the
+          task's target is made from (``self.task.target(x, y)``: ``y`` for classification and
+          regression, ``x`` itself for reconstruction).
+        * ``groups``: names of :meth:`parameter_groups` to train on this batch, normally one entry of
+          :meth:`passes` (``("forward", "inverse")``, or ``("inverse",)`` then ``("forward",)``).
+          Exactly the parameters of these groups receive gradients; every other parameter's ``.grad``
+          is left untouched (losses of other groups are not even computed). This holds for every
+          entry of :meth:`passes` and for ``("forward",)`` alone; Kolen-Pollack and weight mirrors
+          learn ``B`` from the forward weights' backward pass, so ``("feedback",)`` alone writes the
+          forward gradients too (no pass asks for it).
+        * Gradients are *accumulated* into ``.grad``, as ``loss.backward()`` does. Zeroing is the
+          caller's job (``optimizer.zero_grad()`` for the optimisers of ``groups`` before each call);
+          the rule never zeroes and never steps. Between this call and ``optimizer.step()`` the
+          caller may all-reduce, clip or inspect the gradients.
+        * Returns a :class:`StepResult`: ``loss``, the detached batch-mean task loss of the network's
+          output before the update; ``logits``, the detached output h_L (logits, or the
+          reconstruction); ``local_losses``, the rule's own losses by name (target propagation:
+          ``forward_loss/layer2``, ``inverse_loss/layer3``, ...; empty for BP, the feedback rules and
+          DFA); ``diagnostics``, ``{name: float}`` measured on some batches (target propagation every
+          ``diagnostics_every`` calls), else empty.
+        * Each call is one training step for the rule's own state (the batch counters that seed noise
+          draws and diagnostics advance), and uses the modules' training mode (``rule.train()``).
+
+        This, not a backward pass through ``rule(x)``, is the rule's update: for a rule built on a
+        bioprop Network, ``loss(rule(x), y).backward()`` gives backprop's gradients today."""
         raise NotImplementedError
 
     def set_data_parallel(self, rank: int, world_size: int) -> None:
@@ -265,9 +341,16 @@ def rule_options(name: str, **options) -> "LearningRule.Options":
     return values
 
 
-def create_rule(name: str, model: Network, seed: int = 0, **options) -> LearningRule:
-    """Wraps ``model`` in the registered rule ``name``; ``options`` are the rule's ``Options`` fields."""
-    return RULES.get(name)(model, rule_options(name, **options), seed=seed)
+def create_rule(name: str, model: Network, seed: int = 0, *, task=None, **options) -> LearningRule:
+    """Wraps ``model`` in the registered rule ``name``; ``options`` are the rule's ``Options`` fields.
+
+    ``task``: what to train for, when not the model's task (:attr:`LearningRule.task`): a registered
+    name, a :class:`~bioprop.tasks.Task` such as ``LossTask(my_loss)``, or a loss function
+    ``loss(output, target)`` averaged over the batch."""
+    rule = RULES.get(name)(model, rule_options(name, **options), seed=seed)
+    if task is not None:
+        rule.task = task
+    return rule
 
 
 def list_rules() -> list[str]:
