@@ -11,7 +11,8 @@ gradient), and writes one JSON file per variant plus a Markdown summary. Example
 Variants (``--variants``, comma-separated; each changes one thing of the preset):
 ``preset``; ``inverse-lr/10``; ``forward-lr/3``; ``inverse-beta1-0.99``; ``parallel`` (the same
 settings, inverses trained on every batch: no stale inverses); ``option:NAME=VALUE`` (a rule
-option, e.g. ``option:noise=0.3``).
+option, e.g. ``option:noise=0.3``). The diagnostics are collected by a callback (:class:`DiagnosticsTrace`), the way
+to watch anything per step without editing the training loop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bioprop.presets import get_preset
-from bioprop.training import Trainer
+from bioprop.training import Callback, StepEvent, Trainer
 
 
 def variant_config(preset: str, variant: str, epochs: int, seed: int, data_dir: str | None):
@@ -52,21 +53,24 @@ def variant_config(preset: str, variant: str, epochs: int, seed: int, data_dir: 
     return config
 
 
+class DiagnosticsTrace(Callback):
+    """Keeps the rule's diagnostics of every step that has them (every ``diagnostics_every`` batches)."""
+
+    def __init__(self):
+        self.trace: list[dict] = []
+
+    def on_step_end(self, trainer, step: StepEvent) -> None:
+        if step.result.diagnostics:
+            self.trace.append({"epoch": step.epoch, "groups": list(step.groups), "batch": step.step - 1,
+                               **{name: float(value) for name, value in step.result.diagnostics.items()}})
+
+
 def run(preset: str, variant: str, epochs: int, seed: int, every: int, data_dir: str | None) -> dict:
     config = variant_config(preset, variant, epochs, seed, data_dir)
     config.rule_options["diagnostics_every"] = every
-    trainer = Trainer(config, progress=False, log=lambda *a: None)
-    trace: list[dict] = []
-    original = trainer.rule.compute_gradients
-
-    def compute_gradients(x, y, groups):
-        step = original(x, y, groups)
-        if step.diagnostics:
-            trace.append({"epoch": len(trainer.metrics) + 1, "groups": list(groups),
-                          "batch": trainer.pass_state.step, **step.diagnostics})
-        return step
-
-    trainer.rule.compute_gradients = compute_gradients
+    diagnostics = DiagnosticsTrace()
+    trainer = Trainer(config, progress="none", log=lambda *a: None, callbacks=[diagnostics])
+    trace = diagnostics.trace
     started = time.perf_counter()
     metrics = trainer.fit()
     return {"preset": preset, "variant": variant, "seed": seed, "epochs": epochs,

@@ -105,7 +105,7 @@ def test_help_runs_from_the_console(tmp_path):
     assert "(default: None)" not in result.stdout and "--lr X" in result.stdout
 
 
-# -- progress bars only on a terminal ------------------------------------------------------------
+# -- progress: a bar on a terminal, lines in a log --------------------------------------------------
 
 class Terminal(io.StringIO):
     def isatty(self):
@@ -123,15 +123,21 @@ def record_train(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("terminal, flags, expected", [
-    (False, [], False), (True, [], True), (True, ["--no-progress"], False),
+@pytest.mark.parametrize("flags, expected", [
+    ([], "auto"), (["--no-progress"], "none"), (["--progress", "log"], "log"), (["--progress", "bar"], "bar"),
 ])
-def test_train_shows_progress_only_on_a_terminal(monkeypatch, terminal, flags, expected):
+def test_train_passes_the_progress_mode(monkeypatch, flags, expected):
     calls = record_train(monkeypatch)
-    monkeypatch.setattr(sys, "stderr", Terminal() if terminal else io.StringIO())
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert main(["train", "--data", "mnist", "--model", "mnist-fc", *flags]) == 0
     assert calls == [expected]
+
+
+def test_train_progress_every_must_be_positive(monkeypatch):
+    record_train(monkeypatch)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert main(["train", "--data", "mnist", "--model", "mnist-fc", "--progress-every", "0"]) == 2
+    assert "--progress-every must be a number of seconds > 0, got 0.0" in sys.stderr.getvalue()
 
 
 @pytest.mark.parametrize("terminal, expected", [(False, False), (True, True)])

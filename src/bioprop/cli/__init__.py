@@ -1,6 +1,7 @@
 """``bioprop`` command line: one sub-command per module, each adding its own parser.
 
-Bad input is refused before any work starts, with one line on stderr and exit status 2:
+SIGINT or SIGTERM during training writes a checkpoint and exits with 130 or 143, saying how to
+resume. Bad input is refused before any work starts, with one line on stderr and exit status 2:
 ``bioprop COMMAND: error: ...`` for what argparse cannot parse (an unknown flag, a missing
 value, ``--lr nan``), ``bioprop: error: ...`` for a :class:`~bioprop.errors.BiopropError`
 raised by the checks that follow (unknown names, out-of-range values, unusable folders).
@@ -13,7 +14,8 @@ import sys
 from bioprop.cli import data, info, plan, presets, report, reproduce, search, train
 from bioprop.cli.args import Parser, UsageError, printable
 from bioprop.errors import BiopropError
-from bioprop.training import DivergenceError
+from bioprop.training import DivergenceError, TrainingInterrupted
+from bioprop.training.distributed import is_main_process
 
 COMMANDS = [train, data, info, presets, reproduce, report, search, plan]
 
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except TrainingInterrupted as stopped:  # a checkpoint was written: say how to go on
+        if is_main_process():
+            print(f"bioprop: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print("bioprop: interrupted", file=sys.stderr)
         return 130

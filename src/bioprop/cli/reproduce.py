@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from bioprop.checks import check_output_folder
@@ -12,6 +13,7 @@ from bioprop.experiments.reproduce import (EpochBudget, parse_grid, parse_int_li
                                            reproduce, run_state)
 from bioprop.experiments.report import write_report
 from bioprop.presets import GROUPS, select_presets
+from bioprop.training.interrupt import TrainingInterrupted
 
 
 def add_parser(subparsers) -> None:
@@ -129,8 +131,11 @@ def run(args) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
     if main_process:
         record_command(args.out, canonical_command(args))
-    outcome = reproduce(specs, args.out, jobs=args.jobs, progress=not args.no_progress and sys.stderr.isatty(),
-                        echo_epochs=not args.no_progress, threads=args.threads)
+    try:
+        outcome = reproduce(specs, args.out, jobs=args.jobs, progress=not args.no_progress and sys.stderr.isatty(),
+                            echo_epochs=not args.no_progress, threads=args.threads)
+    except TrainingInterrupted as stopped:  # the same command picks up every run where it stopped
+        raise stopped.with_resume("bioprop " + shlex.join(canonical_command(args))) from None
     if not main_process:
         return 0
     if not args.no_report:

@@ -17,6 +17,9 @@ from bioprop.models import MODELS
 from bioprop.rules import RULES
 from bioprop.tasks import task_of_summary
 from bioprop.training import TrainConfig, train
+from bioprop.training.distributed import is_main_process
+from bioprop.training.progress import PROGRESS_MODES
+from bioprop.training.tensorboard import TensorBoard
 from bioprop.training.config import EPS_CONVENTIONS, OPTIMIZER_IMPLS, PRECISIONS
 
 
@@ -131,8 +134,15 @@ def add_parser(subparsers) -> None:
                              "(default: write nothing)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint (start it when there is none)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (there is none anyway when stderr is not a terminal)")
+    parser.add_argument("--progress", choices=PROGRESS_MODES,
+                        help="auto: a bar on a terminal, a line every --progress-every seconds in a log (steps/s, "
+                             "loss, ETA); bar; log; none: only the epoch lines (default: auto)")
+    parser.add_argument("--progress-every", type=finite_float, metavar="SECONDS",
+                        help="seconds between progress lines in a log (default: 30)")
+    parser.add_argument("--no-progress", action="store_true", help="the same as --progress none")
+    parser.add_argument("--tensorboard", type=path, metavar="DIR",
+                        help="also write TensorBoard event files to DIR: step losses, learning rates, diagnostics "
+                             "and alignment angles, every metric per epoch (needs the tensorboard package)")
     parser.set_defaults(func=run)
 
 
@@ -205,14 +215,22 @@ def prepare(args) -> tuple[TrainConfig, Path | None]:
     return config, out
 
 
-def show_progress(args) -> bool:
-    """Progress bars only on a terminal: in a log file they are noise (the epoch lines remain)."""
-    return not args.no_progress and sys.stderr.isatty()
+def progress_mode(args) -> str:
+    """``--progress`` (``--no-progress`` is ``none``); by default a bar on a terminal, lines in a log."""
+    if args.no_progress:
+        return "none"
+    return args.progress or "auto"
 
 
 def run(args) -> int:
     config, out = prepare(args)
-    result = train(config, out=out, resume=args.resume, progress=show_progress(args))
+    if args.progress_every is not None and not args.progress_every > 0:
+        raise BiopropError(f"--progress-every must be a number of seconds > 0, got {args.progress_every}")
+    callbacks = [TensorBoard(args.tensorboard)] if args.tensorboard is not None else []
+    result = train(config, out=out, resume=args.resume, progress=progress_mode(args), callbacks=callbacks,
+                   progress_every=args.progress_every or 30.0)
+    if not is_main_process():  # under torchrun: rank 0 speaks for the job
+        return 0
     summary = result["summary"]
     task = task_of_summary(summary)
     metric, words, shown = task.metric, task.metric.replace("_", " "), task.format_metric

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bioprop.training.device import resolve_device
+
 
 @dataclass
 class DataParallel:
@@ -100,9 +102,13 @@ def from_environment(device: torch.device) -> tuple[DataParallel, torch.device]:
     return DataParallel(rank=rank, world_size=world_size, local_rank=local_rank, device=device), device
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` job, or a single process (read from the environment, so it holds
+    before and after the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def join(device_name: str = "auto") -> DataParallel:
     """Joins the ``torchrun`` job of the environment, if any (the experiment drivers call this
     before deciding what to run, so that every process decides the same)."""
-    from bioprop.training.trainer import resolve_device
-
     return from_environment(resolve_device(device_name))[0]

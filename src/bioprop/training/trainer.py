@@ -4,24 +4,26 @@ An epoch is the rule's sequence of passes over the training data (``rule.passes(
 training every parameter group, or, for the alternating schedule of target propagation, an
 inverse pass and then a forward pass. Per mini-batch: zero the gradients of the pass's groups,
 let the rule compute them (``rule.compute_gradients``), average them over the processes of a
-data-parallel job, step one Adam optimiser per group. After the last pass of an epoch: evaluate
-the train (the trained network on the training split, not augmented), validation and test
-metrics of the model's task (:mod:`bioprop.tasks`: ``{split}_error`` for classification,
-``{split}_reconstruction_error`` for reconstruction), append a row to ``metrics.jsonl``, write
-``results.json`` and an atomic checkpoint. The last epoch's row of a reconstruction run also
-holds a few test images and their reconstructions (``reconstructions``, for Fig. 7).
+data-parallel job, step one optimiser per group (and its learning-rate schedule), then call the
+callbacks (:mod:`bioprop.training.callbacks`: progress, TensorBoard, your own). After the last
+pass of an epoch: evaluate the train (the trained network on the training split, not augmented),
+validation and test metrics of the model's task (:mod:`bioprop.tasks`: ``{split}_error`` for
+classification, ``{split}_reconstruction_error`` for reconstruction), append a row to
+``metrics.jsonl``, write ``results.json`` and an atomic checkpoint
+(:mod:`bioprop.training.run_folder`). The last epoch's row of a reconstruction run also holds a
+few test images and their reconstructions (``reconstructions``, for Fig. 7).
 
 Checkpoints hold everything needed to continue exactly: rule state (weights, feedback weights,
-inverses, counters), optimiser moments, RNG state, the metrics so far and the position in the
-epoch (pass and step, with the running sums of the pass). They are written at the end of every
-pass and, with ``checkpoint_every``, every N steps or minutes within a pass. Batch order and
+inverses, counters), optimiser moments and schedules, RNG state, the metrics so far and the
+position in the epoch (pass and step, with the running sums of the pass). They are written at
+the end of every pass, with ``checkpoint_every`` every N steps or minutes within a pass, and when
+SIGINT or SIGTERM stops training (:mod:`bioprop.training.interrupt`). Batch order and
 augmentation depend only on ``(seed, epoch, pass)`` and the batch index, so a resumed run replays
 the same batches from where it stopped.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections import defaultdict
@@ -29,69 +31,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from bioprop.data import DataBundle, load_data
 from bioprop.errors import BiopropError
 from bioprop.models import create_model
-from bioprop.rules import RULES, LearningRule, create_rule
+from bioprop.rules import LearningRule, StepResult, create_rule
 from bioprop.tasks import Task, task_of, task_of_row
 from bioprop.training import alignment, distributed, precision
-from bioprop.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_json, save_jsonl, save_torch
-from bioprop.training.config import AdamConfig, TrainConfig, parse_checkpoint_every
+from bioprop.training.callbacks import CallbackList, EpochFunction, StepEvent
+from bioprop.training.config import TrainConfig, parse_checkpoint_every
+from bioprop.training.device import resolve_device
 from bioprop.training.evaluation import evaluate
+from bioprop.training.interrupt import AGREE_EVERY, StopRequests, TrainingInterrupted
+from bioprop.training.optimizers import make_optimizer, make_scheduler
+from bioprop.training.progress import progress_callback
 from bioprop.training.results import summarize
+from bioprop.training.run_folder import CHECKPOINT, RunFolder
 
-CHECKPOINT = "checkpoint.pt"
+__all__ = ["CHECKPOINT", "DivergenceError", "PassState", "Trainer", "format_row", "make_optimizer",
+           "resolve_device", "train"]
 
 
 class DivergenceError(BiopropError):
     """Training produced a non-finite loss or parameter; the last good checkpoint is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BiopropError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BiopropError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-def make_optimizer(parameters: list, adam: AdamConfig, implementation: str = "plain",
-                   device: torch.device | None = None) -> torch.optim.Optimizer:
-    """Adam with the chosen kernel: ``fused`` (one kernel over all tensors), ``foreach`` (batched
-    ops), ``plain`` (a loop over tensors), or ``auto`` (fused where the device supports it). The
-    three compute the same update to float rounding (tested)."""
-    kernel = {}
-    if implementation == "auto":
-        implementation = "fused" if device is not None and device.type in ("cpu", "cuda") else "plain"
-    if implementation == "fused":
-        kernel = {"fused": True}
-    elif implementation == "foreach":
-        kernel = {"foreach": True}
-    elif implementation == "plain":
-        kernel = {"foreach": False}
-    if adam.weight_decay > 0:
-        optimizer = torch.optim.AdamW(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps,
-                                      weight_decay=adam.weight_decay, **kernel)
-    else:
-        optimizer = torch.optim.Adam(parameters, lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps, **kernel)
-    if adam.eps_convention == "tensorflow":
-        optimizer.register_step_pre_hook(functools.partial(_tensorflow_epsilon, eps=adam.eps))
-    return optimizer
-
-
-def _tensorflow_epsilon(optimizer: torch.optim.Optimizer, args, kwargs, eps: float) -> None:
-    """Before step t of each group: ε_t = ε / √(1 - β2ᵗ), which turns PyTorch's update into
-    TensorFlow's (ε added to the uncorrected √v; :class:`~bioprop.training.config.AdamConfig`). The
-    step count lives in the group, so it is saved in checkpoints with the optimiser state."""
-    for group in optimizer.param_groups:
-        group["tensorflow_step"] = group.get("tensorflow_step", 0) + 1
-        group["eps"] = eps / math.sqrt(1.0 - group["betas"][1] ** group["tensorflow_step"])
 
 
 @dataclass
@@ -122,25 +84,52 @@ class PassState:
         return state
 
 
+class DeviceSums:
+    """A pass's running loss and metric sums and its first non-finite step, kept on the device so
+    that a step needs no synchronisation; folded into the :class:`PassState` when it is saved."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.metric = torch.zeros((), dtype=torch.float64, device=device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, result: StepResult, metric_sum: torch.Tensor, batch_size: int, step: int) -> torch.Tensor:
+        """Adds one step; returns the step's losses (task loss first, then the local ones) and whether all are finite."""
+        checked = torch.stack([result.loss.float(), *(v.float() for v in result.local_losses.values())])
+        finite = torch.isfinite(checked).all()
+        self.first_bad_step = torch.where(~finite & (self.first_bad_step < 0), step, self.first_bad_step)
+        self.loss += result.loss.double() * batch_size
+        self.metric += metric_sum
+        return checked, finite
+
+    def fold_into(self, state: PassState) -> None:
+        state.loss_sum += self.loss.item()
+        state.metric_sum += self.metric.item()
+        self.loss.zero_(), self.metric.zero_()
+
+
 class Trainer:
     """Builds data, model, rule and optimisers from a :class:`TrainConfig` and trains.
 
     ``out`` is the run folder (``None``: nothing is written). ``resume=True`` continues from
     ``out/checkpoint.pt``; an existing checkpoint without ``resume`` is an error, so nothing
     is overwritten by accident. Under ``torchrun`` the processes train data-parallel
-    (:mod:`bioprop.training.distributed`) and only rank 0 writes.
+    (:mod:`bioprop.training.distributed`) and only rank 0 writes and prints.
+
+    ``progress``: ``"auto"`` (a bar on a terminal, a line every ``progress_every`` seconds in a
+    log), ``"bar"``, ``"log"`` or ``"none"`` (:mod:`bioprop.training.progress`; True is
+    ``"auto"``, False ``"none"``). ``callbacks``: objects with the hooks of
+    :class:`~bioprop.training.callbacks.Callback`. ``on_epoch``: a function called with each
+    epoch's metrics row once its checkpoint is written (an exception it raises stops training
+    there, the run resumable). ``log``: where lines go (``print``).
     """
 
     def __init__(self, config: TrainConfig, out: str | Path | None = None, resume: bool = False,
-                 progress: bool = True, data: DataBundle | None = None, log=print, on_epoch=None):
+                 progress="auto", data: DataBundle | None = None, log=print, on_epoch=None,
+                 callbacks=(), progress_every: float = 30.0):
         config.validate()
         self.config = config
-        self.out = Path(out) if out is not None else None
-        self.progress = progress
         self.log = log
-        #: called with each epoch's metrics row once its checkpoint is written (e.g. a search's pruner);
-        #: an exception it raises stops training there, the run resumable
-        self.on_epoch = on_epoch
         self.parallel, self.device = distributed.from_environment(resolve_device(config.device))
         if config.batch_size % self.parallel.world_size:
             raise BiopropError(f"batch_size {config.batch_size} must be divisible by the number of "
@@ -148,20 +137,14 @@ class Trainer:
         precision.configure(config.precision)
         self.autocast = lambda: precision.autocast(config.precision, self.device)
         self.checkpoint_every = parse_checkpoint_every(config.checkpoint_every)
-        checkpoint = self._find_checkpoint(resume)
-
-        torch.manual_seed(config.seed)
-        model = create_model(config.model)  # validates the names before any data is read
-        self.task: Task = task_of(model)
-        self.rule: LearningRule = create_rule(config.rule, model, seed=config.seed, **config.rule_options)
-        self.rule.set_data_parallel(self.parallel.rank, self.parallel.world_size)
-        settings = {group: config.optimizer_settings(group) for group in self.rule.parameter_groups()}
-        self.data = data if data is not None else load_data(config.data, seed=config.seed)
-        self._check_model_fits_data(model)
-        self._move_data_to_device()
-        self.rule.to(self.device)
-        self.optimizers = {group: make_optimizer(params, settings[group], config.optimizer_impl, self.device)
-                           for group, params in self.rule.parameter_groups().items() if params}
+        self.folder = RunFolder(out, self.parallel.is_main)
+        self.out = self.folder.path
+        checkpoint = self.folder.find_checkpoint(resume, config, log)
+        self._build(data)
+        shown = progress_callback(progress, every_seconds=progress_every)
+        self.callbacks = CallbackList([*([shown] if shown else []), *callbacks,
+                                       *([EpochFunction(on_epoch)] if on_epoch is not None else [])])
+        self.stop = StopRequests()
         self.metrics: list[dict] = []
         # the position to start from: epoch, pass, the rows of the epoch's finished passes, the
         # running state of the unfinished one
@@ -170,37 +153,38 @@ class Trainer:
         self.pass_state = PassState()
         if checkpoint is not None:
             self._restore(checkpoint)
-            if self.parallel.is_main:
-                where = f" (pass {self.start_pass + 1}, step {self.pass_state.step})" if self.start_pass or \
-                    self.pass_state.step else ""
-                self.log(f"resuming {self.out} at epoch {self.start_epoch + 1} of {config.epochs}{where}")
+            self._say_where_resumed()
 
     # -- set-up ---------------------------------------------------------------------------
-    def _find_checkpoint(self, resume: bool):
-        if self.out is None:
-            if resume:
-                raise BiopropError("--resume needs --out, the run folder to continue")
-            return None
-        if self.out.exists() and not self.out.is_dir():
-            raise BiopropError(f"--out {self.out} is a file; expected a run folder (new or existing)")
-        path = self.out / CHECKPOINT
-        if self.out.is_dir() and self.parallel.is_main:
-            remove_stale_temporaries(self.out)  # of a process killed while writing
-        if not path.exists():
-            if resume and self.parallel.is_main:  # killed before its first checkpoint, or never run
-                self.log(f"no checkpoint in {self.out} yet: starting the run from the beginning")
-            return None
-        if not resume:
-            raise BiopropError(f"{self.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
-                               f"or choose another --out")
-        checkpoint = load_checkpoint(path)
-        # through from_dict both ways: a run saved by an older version gets the new fields' defaults
-        saved = _comparable(TrainConfig.from_dict(checkpoint["config"]).to_dict())
-        current = _comparable(self.config.to_dict())
-        changed = [key for key in current if saved.get(key) != current[key]]
-        if changed:
-            raise BiopropError(f"--resume: the config differs from the saved run in {', '.join(changed)}")
-        return checkpoint
+    def _build(self, data: DataBundle | None) -> None:
+        """Seeds, then builds the model, the rule, the data and one optimiser (and schedule) per group."""
+        config = self.config
+        torch.manual_seed(config.seed)
+        model = create_model(config.model)  # validates the names before any data is read
+        self.task: Task = task_of(model)
+        self.rule: LearningRule = create_rule(config.rule, model, seed=config.seed, **config.rule_options)
+        self.rule.set_data_parallel(self.parallel.rank, self.parallel.world_size)
+        self.data = data if data is not None else load_data(config.data, seed=config.seed)
+        self._check_model_fits_data(model)
+        self._move_data_to_device()
+        self.rule.to(self.device)
+        self.optimizers, self.schedulers = {}, {}
+        steps = self.steps_per_pass()
+        for group, params in self.rule.parameter_groups().items():
+            if not params:
+                continue
+            settings = config.optimizer_settings(group)
+            self.optimizers[group] = make_optimizer(params, settings, config.optimizer_impl, self.device)
+            group_steps = steps * sum(group in groups for groups in self.rule.passes())
+            scheduler = make_scheduler(self.optimizers[group], settings, group_steps, config.epochs)
+            if scheduler is not None:
+                self.schedulers[group] = scheduler
+
+    def steps_per_pass(self) -> int:
+        """Optimiser steps in one pass over the training data (this process's share of each batch)."""
+        world = self.parallel.world_size
+        total = self.data.train.num_batches(self.config.batch_size // world, world_size=world)
+        return min(total, self.config.limit_batches) if self.config.limit_batches is not None else total
 
     def _check_model_fits_data(self, model) -> None:
         """Declared shapes (``input_shape``, ``num_classes``) must match the data; a model that declares
@@ -251,6 +235,8 @@ class Trainer:
         self.rule.load_state_dict(checkpoint["rule"])
         for group, state in checkpoint["optimizers"].items():
             self.optimizers[group].load_state_dict(state)
+        for group, state in checkpoint.get("schedulers", {}).items():
+            self.schedulers[group].load_state_dict(state)
         torch.set_rng_state(checkpoint["rng"]["torch"])
         cuda_state = checkpoint["rng"].get("cuda")
         if self.device.type == "cuda" and cuda_state is not None:
@@ -266,40 +252,64 @@ class Trainer:
         self.pass_rows = list(position.get("pass_rows", []))
         self.pass_state = PassState.from_dict(position["state"]) if "state" in position else PassState()
 
+    def _say_where_resumed(self) -> None:
+        if not self.parallel.is_main:
+            return
+        if self.finished:
+            self.log(f"{self.out} is finished ({self.start_epoch} of {self.config.epochs} epochs done): nothing to "
+                     f"train; a larger --epochs continues it")
+            return
+        where = f" (pass {self.start_pass + 1}, step {self.pass_state.step})" if self.start_pass or \
+            self.pass_state.step else ""
+        self.log(f"resuming {self.out} at epoch {self.start_epoch + 1} of {self.config.epochs}{where}")
+
+    @property
+    def finished(self) -> bool:
+        """Every epoch of the budget is done."""
+        return self.start_epoch >= self.config.epochs and not self.pass_rows and not self.pass_state.step
+
     # -- training ----------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        if self.out is not None and self.parallel.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            run_config = {**self.config.to_dict(), "normalization": self.data.normalization,
-                          "resolved_device": str(self.device), "world_size": self.parallel.world_size}
-            save_json(run_config, self.out / "config.json")
-            if self.metrics:  # a run killed between its checkpoint and its metrics files
-                self._write_metrics()
+        """Trains from where the run stands to the end of its budget; returns the metrics rows.
+
+        SIGINT or SIGTERM stops after the current step with a checkpoint and raises
+        :class:`~bioprop.training.interrupt.TrainingInterrupted` (its message says how to resume)."""
+        run_config = {**self.config.to_dict(), "normalization": self.data.normalization,
+                      "resolved_device": str(self.device), "world_size": self.parallel.world_size}
+        self.folder.write_config(run_config)
+        if self.metrics:  # a run killed between its checkpoint and its metrics files
+            self.folder.write_metrics(self.config, self.metrics)
         try:
-            self._train_epochs()
+            with self.stop:
+                self.callbacks.on_train_start(self)
+                self._train_epochs()
         except DivergenceError as error:
-            if self.out is not None and self.parallel.is_main:
-                save_json({"config": self.config.to_dict(), **summarize(self.metrics), "status": "diverged",
-                           "reason": str(error)}, self.out / "results.json")
+            self.folder.write_metrics(self.config, self.metrics, status="diverged", reason=str(error))
             raise
+        finally:
+            self.callbacks.close()
+        self.callbacks.on_train_end(self, self.metrics)
         return self.metrics
 
     def _train_epochs(self) -> None:
         for epoch in range(self.start_epoch, self.config.epochs):
             passes = self.rule.passes()
             for index in range(self.start_pass, len(passes)):
-                self.pass_rows.append(self.train_pass(epoch, index, passes[index], len(passes)))
+                row = self.train_pass(epoch, index, passes[index], len(passes))
+                self.pass_rows.append(row)
                 self.pass_state = PassState()
                 if index + 1 < len(passes):
                     self.save(epoch, next_pass=index + 1)
+                self.callbacks.on_pass_end(self, epoch + 1, index + 1, row)
             row = self.epoch_row(epoch)
             self.metrics.append(row)
             self.pass_rows, self.start_pass = [], 0
             if self.parallel.is_main:
                 self.log(format_row(row, self.config.epochs, self.task))
             self.save(epoch + 1)
-            if self.on_epoch is not None:
-                self.on_epoch(row)
+            if self.parallel.any(self.stop.requested):  # a signal during the evaluation: stop here, saved
+                raise self._interrupted(f"after epoch {epoch + 1}")
+            self.callbacks.on_epoch_end(self, row)
 
     def train_pass(self, epoch: int, index: int, groups: tuple[str, ...], passes_per_epoch: int = 1) -> dict:
         """Pass ``index`` of ``passes_per_epoch`` over the training data, training ``groups``; returns its row."""
@@ -309,81 +319,92 @@ class Trainer:
                       for group in groups}
         rule.train()
         world = self.parallel.world_size
-        local_batch = config.batch_size // world
-        total = self.data.train.num_batches(local_batch, world_size=world)
-        if config.limit_batches is not None:
-            total = min(total, config.limit_batches)
+        total = self.steps_per_pass()
         order_epoch = epoch * passes_per_epoch + index  # a fresh batch order for every pass
-        batches = self.data.train.batches(local_batch, shuffle=True, seed=config.seed, epoch=order_epoch,
-                                          augment=self.data.augment, device=self.device, rank=self.parallel.rank,
-                                          world_size=world, start=state.step)
-        # running sums stay on the device: no synchronisation per batch
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        batches = self.data.train.batches(config.batch_size // world, shuffle=True, seed=config.seed,
+                                          epoch=order_epoch, augment=self.data.augment, device=self.device,
+                                          rank=self.parallel.rank, world_size=world, start=state.step)
+        sums = DeviceSums(self.device)
         started = last_save = time.perf_counter()
-        label = f"epoch {epoch + 1}" + (f" pass {index + 1} ({'+'.join(groups)})" if passes_per_epoch > 1 else "")
-        with tqdm(total=total, initial=state.step, desc=label, leave=False,
-                  disable=not (self.progress and self.parallel.is_main)) as bar:
-            for x, y in batches:
-                if state.step >= total:
-                    break
-                for group in groups:
-                    self.optimizers[group].zero_grad(set_to_none=True)
-                with self.autocast():
-                    step = rule.compute_gradients(x, y, groups)
-                if self._align_now(groups, state.step):
-                    step.diagnostics = {**step.diagnostics, **alignment.measure(rule, x, y)}
-                for group in groups:
-                    self.parallel.average_gradients(parameters[group])
-                    self.optimizers[group].step()
-                checked = torch.stack([step.loss.float(), *(v.float() for v in step.local_losses.values())])
-                finite = torch.isfinite(checked).all()
-                first_bad_step = torch.where(~finite & (first_bad_step < 0), state.step, first_bad_step)
-                loss_sum += step.loss.double() * len(y)
-                metric_sum += self.task.metric_sum(step.logits, self.task.target(x, y))
-                state.seen += len(y)
-                for key, value in step.diagnostics.items():
-                    state.diagnostic_sums[key] += float(value)
-                    state.diagnostic_counts[key] += 1
-                state.step += 1
-                bar.update()
-                # free on the CPU: stop at once, by name (data-parallel jobs decide together at the pass end)
-                if self.device.type == "cpu" and not self.parallel.enabled and not bool(finite):
-                    names = ["loss", *step.local_losses]
-                    bad = [name for name, value in zip(names, checked.tolist()) if not math.isfinite(value)]
-                    raise DivergenceError(f"rule {config.rule!r}: non-finite {', '.join(bad)} in epoch {epoch + 1}, "
-                                          f"pass {index + 1}, step {state.step}; the last good checkpoint is kept")
-                if self._checkpoint_due(state.step, last_save) and state.step < total:
-                    self._check_finite(first_bad_step, epoch, index)
-                    state.seconds += time.perf_counter() - started
-                    self._fold_sums(state, loss_sum, metric_sum)
-                    loss_sum.zero_(), metric_sum.zero_()
-                    self.save(epoch, next_pass=index)
-                    started = last_save = time.perf_counter()
+        for x, y in batches:
+            if state.step >= total:
+                break
+            result = self._step(x, y, groups, parameters)
+            checked, finite = sums.add(result, self.task.metric_sum(result.logits, self.task.target(x, y)),
+                                       len(y), state.step)
+            state.seen += len(y)
+            for key, value in result.diagnostics.items():
+                state.diagnostic_sums[key] += float(value)
+                state.diagnostic_counts[key] += 1
+            state.step += 1
+            self.callbacks.on_step_end(self, StepEvent(
+                epoch=epoch + 1, epochs=config.epochs, pass_index=index + 1, passes=passes_per_epoch,
+                step=state.step, steps=total, global_step=(order_epoch * total) + state.step, groups=groups,
+                batch_size=len(y) * world, result=result, seconds=state.seconds + time.perf_counter() - started))
+            # free on the CPU: stop at once, by name (data-parallel jobs decide together at the pass end)
+            if self.device.type == "cpu" and not self.parallel.enabled and not bool(finite):
+                names = ["loss", *result.local_losses]
+                bad = [name for name, value in zip(names, checked.tolist()) if not math.isfinite(value)]
+                raise DivergenceError(f"rule {config.rule!r}: non-finite {', '.join(bad)} in epoch {epoch + 1}, "
+                                      f"pass {index + 1}, step {state.step}; the last good checkpoint is kept")
+            stop, checkpoint_due = self._decide(state.step, last_save)
+            if stop or (checkpoint_due and state.step < total):
+                self._check_finite(sums.first_bad_step, epoch, index)
+                state.seconds += time.perf_counter() - started
+                sums.fold_into(state)
+                self.save(epoch, next_pass=index)
+                started = last_save = time.perf_counter()
+            if stop:
+                raise self._interrupted(f"in epoch {epoch + 1}" + (f", pass {index + 1}" if passes_per_epoch > 1 else "")
+                                        + f" at step {state.step} of {total}")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         state.seconds += time.perf_counter() - started
-        self._check_finite(first_bad_step, epoch, index)
-        self._fold_sums(state, loss_sum, metric_sum)
+        self._check_finite(sums.first_bad_step, epoch, index)
+        sums.fold_into(state)
         return self._pass_row(groups, state)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, groups: tuple[str, ...], parameters: dict) -> StepResult:
+        """One optimiser step of ``groups``: the rule's gradients, averaged over the processes, applied."""
+        for group in groups:
+            self.optimizers[group].zero_grad(set_to_none=True)
+        with self.autocast():
+            result = self.rule.compute_gradients(x, y, groups)
+        if self._align_now(groups, self.pass_state.step):
+            result.diagnostics = {**result.diagnostics, **alignment.measure(self.rule, x, y)}
+        for group in groups:
+            self.parallel.average_gradients(parameters[group])
+            self.optimizers[group].step()
+            if group in self.schedulers:
+                self.schedulers[group].step()
+        return result
 
     def _align_now(self, groups: tuple[str, ...], step: int) -> bool:
         """Alignment metrics on this step? (``alignment_every``; passes training the forward weights; process 0)."""
         every = self.config.alignment_every
         return bool(every) and step % every == 0 and "forward" in groups and self.parallel.is_main
 
-    def _checkpoint_due(self, step: int, last_save: float) -> bool:
-        if self.checkpoint_every is None or self.out is None:
-            return False
-        unit, amount = self.checkpoint_every
-        if unit == "steps":
-            return step % amount == 0
-        return self.parallel.any(time.perf_counter() - last_save >= amount * 60)
+    def _decide(self, step: int, last_save: float) -> tuple[bool, bool]:
+        """After ``step`` steps of a pass: (stop on a signal?, a mid-pass checkpoint due?). A data-parallel
+        job decides together every :data:`AGREE_EVERY` steps (one all-reduce of two flags); a checkpoint
+        due by the step count needs no agreement."""
+        every = self.checkpoint_every
+        by_steps = every is not None and self.out is not None and every[0] == "steps" and step % every[1] == 0
+        by_clock = every is not None and self.out is not None and every[0] == "minutes" and \
+            time.perf_counter() - last_save >= every[1] * 60
+        if not self.parallel.enabled:
+            return self.stop.requested, by_steps or by_clock
+        if step % AGREE_EVERY:
+            return False, by_steps
+        flags = self.parallel.sum(torch.tensor([float(self.stop.requested), float(by_clock)], dtype=torch.float64,
+                                               device=self.device)).tolist()
+        return flags[0] > 0, by_steps or flags[1] > 0
 
-    def _fold_sums(self, state: PassState, loss_sum: torch.Tensor, metric_sum: torch.Tensor) -> None:
-        state.loss_sum += loss_sum.item()
-        state.metric_sum += metric_sum.item()
+    def _interrupted(self, where: str) -> TrainingInterrupted:
+        received = self.stop.requested
+        checkpoint = str(self.folder.checkpoint) if self.out is not None else None
+        return TrainingInterrupted(self.stop.signal_name or "SIGTERM", where, checkpoint,
+                                   f"bioprop train --out {self.out} --resume", received)
 
     def _check_finite(self, first_bad_step: torch.Tensor, epoch: int, index: int) -> None:
         """Stops the run if a loss was non-finite, or a parameter is (one device sync, at the end
@@ -451,37 +472,20 @@ class Trainer:
     def save(self, epochs_done: int, next_pass: int | None = None) -> None:
         """Checkpoint, then the metrics files. ``next_pass``: a checkpoint within epoch
         ``epochs_done`` (0-based), before pass ``next_pass`` or within it at ``pass_state.step``."""
-        if self.out is None or not self.parallel.is_main:
+        if not self.folder.writes:
             return
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         position = None
         if next_pass is not None:
             position = {"pass": next_pass, "pass_rows": self.pass_rows, "state": self.pass_state.to_dict()}
-        save_torch({"epoch": epochs_done, "position": position, "config": self.config.to_dict(),
-                    "rule": self.rule.state_dict(),
-                    "optimizers": {group: opt.state_dict() for group, opt in self.optimizers.items()},
-                    "rng": rng, "metrics": self.metrics}, self.out / CHECKPOINT)
-        self._write_metrics()
-
-    def _write_metrics(self) -> None:
-        save_jsonl(self.metrics, self.out / "metrics.jsonl")
-        save_json({"config": self.config.to_dict(), **summarize(self.metrics)}, self.out / "results.json")
-
-
-_UNCOMPARED = ("epochs", "device", "checkpoint_every", "alignment_every")  # none changes the parameters
-
-
-def _comparable(config: dict) -> dict:
-    """The settings a resumed run must share with the saved one: all but the epoch budget and
-    where things run or are read from (device, data folder, loader workers, JPEG decoder, checkpoint
-    interval)."""
-    config = {key: value for key, value in config.items() if key not in _UNCOMPARED}
-    groups = RULES.get(config["rule"]).groups  # settings of groups the rule does not train change nothing
-    config["optimizers"] = {group: adam for group, adam in config["optimizers"].items() if group in groups}
-    config["data"] = {key: value for key, value in config["data"].items()
-                      if key not in ("data_dir", "num_workers", "decoder")}  # decoders give the same pixels
-    return config
+        state = {"epoch": epochs_done, "position": position, "config": self.config.to_dict(),
+                 "rule": self.rule.state_dict(),
+                 "optimizers": {group: opt.state_dict() for group, opt in self.optimizers.items()},
+                 "rng": rng, "metrics": self.metrics}
+        if self.schedulers:
+            state["schedulers"] = {group: scheduler.state_dict() for group, scheduler in self.schedulers.items()}
+        self.folder.save(state, self.config, self.metrics)
 
 
 def format_row(row: dict, epochs: int, task: Task | None = None) -> str:
@@ -496,9 +500,13 @@ def format_row(row: dict, epochs: int, task: Task | None = None) -> str:
     return "  ".join(parts)
 
 
-def train(config: TrainConfig, out: str | Path | None = None, resume: bool = False, progress: bool = True,
-          log=print) -> dict:
-    """Trains one run; returns ``{"rule": trained rule, "metrics": [...], "summary": {...}}``."""
-    trainer = Trainer(config, out=out, resume=resume, progress=progress, log=log)
+def train(config: TrainConfig, out: str | Path | None = None, resume: bool = False, progress="auto",
+          log=print, callbacks=(), progress_every: float = 30.0) -> dict:
+    """Trains one run; returns ``{"rule": trained rule, "metrics": [...], "summary": {...}}``.
+
+    ``progress``: ``"auto"`` (a bar on a terminal, a line every ``progress_every`` seconds in a log),
+    ``"bar"``, ``"log"`` or ``"none"``; ``callbacks``: see :mod:`bioprop.training.callbacks`."""
+    trainer = Trainer(config, out=out, resume=resume, progress=progress, log=log, callbacks=callbacks,
+                      progress_every=progress_every)
     metrics = trainer.fit()
     return {"rule": trainer.rule, "metrics": metrics, "summary": summarize(metrics)}
