@@ -198,14 +198,16 @@ class Reconstruction(Task):
     @torch.no_grad()
     def samples(self, model, split, normalization, device, autocast):
         """``{"reconstructions": ...}``: the first :data:`SAMPLE_COUNT` images of ``split`` (the test
-        split, in its order) and ``model``'s reconstructions (in eval mode), on the pixel scale (the
-        split's normalisation undone), clamped to [0, 1] and stored as base64 uint8
-        (:func:`encode_images`; ~17 kB a run)."""
+        split, in its order) and ``model``'s reconstructions (in eval mode; a learning rule's
+        ``predict``), on the pixel scale (the split's normalisation undone), clamped to [0, 1] and
+        stored as base64 uint8 (:func:`encode_images`; ~17 kB a run)."""
+        from bioprop.training.evaluation import predict  # tasks is imported by the rules and the trainer
+
         x, _ = next(iter(split.batches(SAMPLE_COUNT, shuffle=False, device=device)))
         was_training = model.training
         try:
             with autocast():
-                output = model.eval()(x)
+                output = predict(model.eval(), x)
         finally:
             model.train(was_training)
         shape = (-1, x.shape[1]) + (1,) * (x.dim() - 2)

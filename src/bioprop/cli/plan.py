@@ -121,6 +121,10 @@ def format_plan(result: Plan, memory: int | None = None) -> str:
             ("forward", step.forward_flops), ("backward", step.backward_flops),
             ("rule's extra work", step.extra_flops)))
         lines.append(f"  {step_title(step)}: {parts} = {step.flops / size:.3g} {unit}")
+    if result.own_predict and result.predict_flops is not None:
+        lines.append(f"  evaluation with the rule's own inference (predict), a batch of {result.batch_size}: "
+                     f"{format_flops(result.predict_flops)} "
+                     f"(the network's forward pass: {format_flops(result.steps[0].forward_flops)})")
     if result.epoch_flops is not None:
         passes = len(result.steps)
         lines.append(f"  epoch of {result.dataset} ({result.training_examples:,} training images, "

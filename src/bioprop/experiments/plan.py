@@ -29,9 +29,13 @@ multiplies float32 numbers, so it plans like ``fp32``. The peak estimate is
     parameters + buffers + Adam moments (2 per trained parameter)
         + max over passes (working memory of a step + gradients kept from the other passes).
 
+Evaluation: the FLOPs of one ``rule.predict`` on a batch of the plan's size (the rule's inference,
+which evaluation scores: the network's forward pass, or the rule's own, e.g. Forward-Forward's one
+pass per label), measured like the steps' (``Plan.predict_flops``).
+
 What is not modelled: the CUDA context and allocator fragmentation (leave a margin of ~10 %),
-evaluation batches, a dataset kept on the device (uint8: 0.15 GB for CIFAR-10) and Adam's own
-temporaries (none for the fused kernel). Locally-connected
+the memory of evaluation batches, a dataset kept on the device (uint8: 0.15 GB for CIFAR-10) and
+Adam's own temporaries (none for the fused kernel). Locally-connected
 layers are planned on their accelerator code path (all patches gathered at once); elsewhere
 the CPU code paths run, whose temporaries may differ slightly from CUDA's.
 """
@@ -57,7 +61,7 @@ from bioprop.errors import BiopropError
 from bioprop.models import MODELS, create_model
 from bioprop.nn import locally_connected
 from bioprop.registry import Registry
-from bioprop.rules import RULES, create_rule
+from bioprop.rules import RULES, LearningRule, create_rule
 from bioprop.tasks import task_of
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -117,6 +121,8 @@ class Plan:
     dataset: str | None = None
     training_examples: int | None = None
     trained_groups: list[str] = field(default_factory=list)
+    predict_flops: int | None = None  # one evaluation batch: rule.predict on batch_size examples
+    own_predict: bool = False         # whether the rule defines its own inference (not one forward pass)
 
     @property
     def held_bytes(self) -> int:
@@ -171,11 +177,13 @@ def plan(model: str, rule: str, batch_size: int, precision: str = "fp32", data: 
         parameters = count_parameters(learning_rule, groups)
         buffers = count_buffers(learning_rule)
         steps = measure_steps(learning_rule, batch_size, precision)
+        predict_flops = measure_prediction(learning_rule, batch_size, precision)
     trained = sorted({group for step in steps for group in step.groups})
     optimizer_bytes = ADAM_MOMENTS * sum(p.numel() * p.element_size() for g in trained for p in groups[g])
     dataset = data or matching_dataset(network)
+    own_predict = type(learning_rule).predict is not LearningRule.predict
     return Plan(model, rule, batch_size, precision, dict(rule_options), parameters, buffers, optimizer_bytes,
-                steps, dataset, TRAINING_EXAMPLES.get(dataset), trained)
+                steps, dataset, TRAINING_EXAMPLES.get(dataset), trained, predict_flops, own_predict)
 
 
 # -- input checks ----------------------------------------------------------------------------
@@ -224,10 +232,11 @@ def count_parameters(rule, groups: dict[str, list[torch.nn.Parameter]]) -> list[
 
 
 def count_buffers(rule) -> list[TensorCount]:
-    """Buffers by name pattern (``feedback_0``, ``feedback_1``, ... -> ``feedback_*``)."""
+    """Buffers by name pattern, the model's named as in the model (``blocks.0.layer.feedback_weight``,
+    ``blocks.1.layer.feedback_weight``, ... -> ``blocks.*.layer.feedback_weight``; ``feedback_matrix``)."""
     kinds: dict[str, list[torch.Tensor]] = {}
     for name, buffer in rule.named_buffers():
-        kinds.setdefault(re.sub(r"\d+", "*", name), []).append(buffer)
+        kinds.setdefault(re.sub(r"\d+", "*", name.removeprefix("model.")), []).append(buffer)
     return [TensorCount(name, len(tensors), sum(t.numel() for t in tensors), _nbytes(tensors),
                         list(tensors[0].shape) if len(tensors) == 1 else None)
             for name, tensors in kinds.items()]
@@ -376,3 +385,16 @@ def measure_steps(rule, batch_size: int, precision: str) -> list[StepCost]:
                                   recorder.peak_bytes, forward_flops, recorder.flops["backward"],
                                   recorder.flops["outside"] - forward_flops))
     return steps
+
+
+def measure_prediction(rule, batch_size: int, precision: str) -> int:
+    """FLOPs of ``rule.predict`` on one fake batch, in eval mode without gradients, as evaluation runs it."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    was_training = rule.training
+    rule.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), autocast:
+            rule.predict(torch.empty(batch_size, *rule.model.input_shape))
+    finally:
+        rule.train(was_training)
+    return counter.get_total_flops()

@@ -32,6 +32,12 @@ own loop can do the same (``docs/own-loop.md``)::
   *not* the rule's update for a rule built on a bioprop Network (today it gives backprop's
   gradients there); only the feedback rules and DFA applied with ``bioprop.wrap`` (or to a plain
   ``nn.Module``) change what autograd computes. The rule's update is ``compute_gradients``.
+* ``predict(x)``: the rule's inference, what evaluation scores: by default the network's forward pass
+  (``self(x)``); a rule whose prediction is not one forward pass defines its own (Forward-Forward
+  tries every label, equilibrium propagation relaxes to the free phase's fixed point). Evaluation
+  (``bioprop.evaluate``, the trainer's metrics rows and the task's samples, also under ``torchrun``),
+  the reports built from them and ``bioprop plan``'s evaluation cost call it; alignment measures such
+  a rule against backprop through its ``predict``.
 
 The loss is the rule's task (:mod:`bioprop.tasks`, ``self.task``): ``self.task.loss(output,
 self.task.target(x, y))``, softmax cross-entropy against the labels y for classification, ½||h_L - x||²
@@ -202,6 +208,16 @@ class LearningRule(nn.Module):
     # -- the interface the training loop uses ------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The rule's prediction for ``x``: logits of a classifier (or any scores whose argmax is the
+        class; the evaluation's loss is the task's loss of them), the reconstruction of an autoencoder.
+
+        Default: the network's forward pass, ``self(x)``. Override it when the rule's inference is not
+        one forward pass (Forward-Forward's label sweep, equilibrium propagation's free phase);
+        evaluation, the trainer's metrics and alignment then use it. Called under ``torch.no_grad()``
+        in eval mode for evaluation, and with gradients inside :meth:`true_backprop` for alignment."""
+        return self(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The parameters the rule trains, by group: ``{group: [parameters]}``, keys as :attr:`groups`.

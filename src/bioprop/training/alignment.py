@@ -8,8 +8,10 @@ trains the forward weights; 0, the default, measures nothing and costs nothing):
   backprop's exact gradient of the batch-mean task loss (cross-entropy; ½||h_L - x||² for an
   autoencoder, :mod:`bioprop.tasks`), computed with the *same* parameters
   on the same batch by autograd (no copy of the model: the rule's ``true_backprop()`` context
-  turns off whatever the rule changed in the backward pass). 0° is backprop's direction, 90° is
-  no better than chance, > 90° goes uphill;
+  turns off whatever the rule changed in the backward pass). The loss is that of the network's
+  output, or, for a rule that defines its own inference (``LearningRule.predict``: Forward-Forward's
+  label sweep, equilibrium propagation's free phase), of that prediction, differentiated through it.
+  0° is backprop's direction, 90° is no better than chance, > 90° goes uphill;
 * ``update_norm_ratio/<layer>``: ||rule gradient|| / ||backprop gradient||;
 * ``feedback_angle/<layer>`` and ``feedback_norm_ratio/<layer>`` (rules with feedback weights B of
   W's shape): the angle between B and W, and ||B|| / ||W||.
@@ -46,6 +48,14 @@ def norm_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
     return numerator / denominator
 
 
+def reference_output(rule: LearningRule, x: torch.Tensor) -> torch.Tensor:
+    """What backprop's reference differentiates: the rule's own ``predict`` when it defines one (what it
+    is scored on), else the network's forward pass ``rule.model(x)``."""
+    if type(rule).predict is not LearningRule.predict:
+        return rule.predict(x)
+    return rule.model(x)
+
+
 def backprop_gradients(rule: LearningRule, x: torch.Tensor, y: torch.Tensor,
                        weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Backprop's exact gradient of the batch-mean task loss for each of ``weights``, with the
@@ -55,7 +65,7 @@ def backprop_gradients(rule: LearningRule, x: torch.Tensor, y: torch.Tensor,
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.enable_grad(), rule.true_backprop():
         with torch.autocast(x.device.type, enabled=False):
-            loss = rule.task.loss(model(x), rule.task.target(x, y))
+            loss = rule.task.loss(reference_output(rule, x), rule.task.target(x, y))
         gradients = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
     with torch.no_grad():
         for name, buffer in model.named_buffers():

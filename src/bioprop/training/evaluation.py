@@ -1,6 +1,8 @@
 """A model's metrics on a split, as its task defines them (:mod:`bioprop.tasks`): error rates
 (top-1, and top-5 for more than 10 classes) and mean cross-entropy for classification; mean squared
-error per pixel and mean loss for reconstruction."""
+error per pixel and mean loss for reconstruction. A learning rule is scored on its own inference,
+``rule.predict(x)`` (:func:`predict`), which is the network's forward pass unless the rule defines
+another (Forward-Forward's label sweep, equilibrium propagation's free phase)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,15 @@ from itertools import islice
 
 import torch
 
+from bioprop.rules.base import LearningRule
 from bioprop.tasks import task_of
 from bioprop.training.distributed import DataParallel
+
+
+def predict(rule_or_model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What ``rule_or_model`` predicts for ``x``: a learning rule's :meth:`~bioprop.rules.LearningRule.predict`,
+    any other module's forward pass."""
+    return rule_or_model.predict(x) if isinstance(rule_or_model, LearningRule) else rule_or_model(x)
 
 
 @torch.no_grad()
@@ -21,8 +30,9 @@ def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, devi
     ``top5_error`` (%, when there are more than 10 classes) and ``loss``; for reconstruction
     ``reconstruction_error`` (mean squared error per pixel) and ``loss``.
 
-    ``size``: evaluate a fixed subset of that many examples (the first ones of a permutation
-    that depends only on ``seed``: the same subset after every epoch). ``parallel``: each
+    A rule is scored on ``rule.predict(x)`` (:func:`predict`). ``size``: evaluate a fixed subset of
+    that many examples (the first ones of a permutation that depends only on ``seed``: the same
+    subset after every epoch). ``parallel``: each
     process evaluates its shard and the counts are summed (examples that the shards repeat to
     even out their sizes are counted once). Never augmented.
     """
@@ -49,7 +59,7 @@ def evaluate(rule_or_model: torch.nn.Module, split, batch_size: int = 1000, devi
         if keep < len(y):
             x, y = x[:keep], y[:keep]
         with autocast():
-            output = rule_or_model(x)
+            output = predict(rule_or_model, x)
         output = output.float()
         outputs = output.shape[1]
         sums = task.batch_sums(output, task.target(x, y))
