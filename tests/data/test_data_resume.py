@@ -43,9 +43,9 @@ def test_skipped_batches_are_not_augmented(monkeypatch):
     calls = []
     real = batching.augment_batch
 
-    def counting(x, generator, padding, flip):
+    def counting(x, generator, padding, flip, batch=None):
         calls.append(len(x))
-        return real(x, generator, padding, flip)
+        return real(x, generator, padding, flip, batch)
 
     monkeypatch.setattr(batching, "augment_batch", counting)
     list(s.batches(5, shuffle=True, augment=True, start=6))
@@ -67,6 +67,37 @@ def test_augmentation_is_keyed_per_batch():
     assert rank1[0][1].tolist() == [1, 3, 5, 7, 9]  # shard order unchanged by augmentation
 
 
+def _interleaved(shares):
+    """The global batch whose rows ``k * world + r`` are row ``k`` of rank ``r``'s share."""
+    world = len(shares)
+    x = torch.empty((sum(len(s[0]) for s in shares), *shares[0][0].shape[1:]), dtype=shares[0][0].dtype)
+    y = torch.empty(len(x), dtype=shares[0][1].dtype)
+    for rank, (xs, ys) in enumerate(shares):
+        x[rank::world], y[rank::world] = xs, ys
+    return x, y
+
+
+def _check_rank_free_augmentation(split, batch_size, world_size, **kw):
+    """``world_size`` ranks at ``batch_size`` see exactly the augmented examples, in global-batch
+    order, that one process at ``batch_size * world_size`` sees."""
+    whole = list(split.batches(batch_size * world_size, augment=True, **kw))
+    shares = [list(split.batches(batch_size, augment=True, rank=r, world_size=world_size, **kw))
+              for r in range(world_size)]
+    assert all(len(share) == len(whole) for share in shares)
+    for index, (x, y) in enumerate(whole):
+        merged_x, merged_y = _interleaved([share[index] for share in shares])
+        assert torch.equal(merged_y, y) and torch.equal(merged_x, x), index
+
+
+def test_augmentation_does_not_depend_on_the_rank():
+    s = _tensor_split(40)
+    _check_rank_free_augmentation(s, 5, 2, shuffle=True, seed=3, epoch=2)
+    _check_rank_free_augmentation(s, 4, 5, shuffle=True, seed=1, epoch=0)
+    with_start = list(s.batches(5, shuffle=True, seed=3, epoch=2, augment=True, rank=1, world_size=2, start=3))
+    assert _same(with_start, list(s.batches(5, shuffle=True, seed=3, epoch=2, augment=True, rank=1,
+                                            world_size=2))[3:])
+
+
 @pytest.mark.parametrize("start", [-1, 9, 1.0, True])
 def test_bad_start_is_named(start):
     with pytest.raises(BiopropError, match=r"start=.*expected a batch index in 0\.\.8"):
@@ -78,7 +109,7 @@ def test_plan_describes_the_batches():
     s = _tensor_split()
     plan = s.plan(5, shuffle=True, seed=1, epoch=4, rank=1, world_size=2, start=2)
     assert [b.index for b in plan] == [2, 3]
-    assert plan[0].augment_key == (1, 4, "augment", 1, 2)
+    assert plan[0].augment_key == (1, 4, "augment", 0, 2)  # the global batch's key, whatever the rank
     labels = [y for _, y in s.batches(5, shuffle=True, seed=1, epoch=4, rank=1, world_size=2)]
     assert torch.equal(plan[1].rows, labels[3])  # labels are the example indices here
 
@@ -113,6 +144,17 @@ def test_folder_split_start_equals_slice(tmp_path, fmt, world_size):
         _check_every_start(train, 3, shuffle=True, seed=5, epoch=1, augment=True, rank=rank,
                            world_size=world_size)
     _check_every_start(train, 4, shuffle=False, rank=world_size - 1, world_size=world_size)
+
+
+def test_folder_split_augmentation_does_not_depend_on_the_rank(tmp_path, fmt):
+    import numpy as np
+    from PIL import Image
+
+    train = _folder_split(tmp_path, fmt)  # 15 images: 3 ranks x 3 = one process at 9 (batches 9 and 6)
+    rng = np.random.default_rng(0)
+    for path, _ in train.files.items:  # noise, not one colour: every crop and flip shows
+        Image.fromarray(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)).save(path, "JPEG")
+    _check_rank_free_augmentation(train, 3, 3, shuffle=True, seed=5, epoch=1)
 
 
 def test_folder_split_skips_reading_and_decoding(tmp_path, fmt, monkeypatch):

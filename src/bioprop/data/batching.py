@@ -4,8 +4,14 @@ Every batch order and every augmentation is drawn from :class:`torch.Generator` 
 from stable keys, never from the global RNG:
 
 * the epoch's example order from ``(seed, epoch, "order")``;
-* the augmentation of batch ``i`` of rank ``r`` from ``(seed, epoch, "augment", r, i)``, one
-  fresh generator per batch (:meth:`PlannedBatch.augment_generator`).
+* the augmentation of global batch ``i`` from ``(seed, epoch, "augment", 0, i)``, one fresh
+  generator per batch (:meth:`PlannedBatch.augment_generator`; the ``0`` held the rank once, and
+  stays so that a single process draws what it always drew). The draws are made for the whole
+  global batch, ``world_size`` times this rank's rows, and rank ``r`` keeps rows
+  ``r, r + world_size, ...`` of them (:meth:`PlannedBatch.mine`), which are the positions its
+  examples have in the global batch. So an example's augmentation depends only on
+  ``(seed, epoch, pass)`` and its place in the global batch, never on the rank: two processes at
+  batch B/2 see exactly the augmented examples that one process at batch B sees.
 
 So a batch depends only on its key, not on the batches before it: a run resumed at an epoch
 boundary, or in the middle of an epoch with ``batches(..., start=i)``, sees exactly the batches
@@ -61,15 +67,27 @@ def epoch_indices(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0
 
 
 class PlannedBatch(NamedTuple):
-    """One batch of one rank's epoch, before anything is loaded."""
+    """One batch of one rank's epoch, before anything is loaded: this rank's share of global batch
+    ``index`` (row ``k`` is example ``k * world_size + rank`` of the global batch)."""
 
-    index: int  # position of the batch in this rank's epoch, 0-based
+    index: int  # position of the batch in the epoch, 0-based (the same on every rank)
     rows: torch.Tensor  # int64 positions in the split of its examples, in order
-    augment_key: tuple  # (seed, epoch, "augment", rank, index)
+    augment_key: tuple  # (seed, epoch, "augment", 0, index): the global batch's, not the rank's
+    rank: int = 0
+    world_size: int = 1
 
     def augment_generator(self) -> torch.Generator:
-        """The generator that all random augmentation of this batch draws from."""
+        """The generator that all random augmentation of the global batch draws from."""
         return make_generator(*self.augment_key)
+
+    @property
+    def global_size(self) -> int:
+        """Examples in the global batch (every rank's share of a batch has the same size)."""
+        return len(self.rows) * self.world_size
+
+    def mine(self, draws: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of per-example ``draws`` made for the whole global batch."""
+        return draws[self.rank::self.world_size]
 
 
 def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -80,23 +98,26 @@ def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int,
-                  flip: str) -> torch.Tensor:
+                  flip: str, batch: PlannedBatch | None = None) -> torch.Tensor:
     """Random crop with ``padding`` zero pixels on each side, then a random flip with
     probability 1/2 (``flip`` "horizontal" mirrors left-right, "vertical" up-down, "none" off).
 
     Vectorised over the batch as one gather; ``x`` is a (B, C, H, W) tensor of any dtype (uint8
-    here, so the zero padding is black pixels before normalisation)."""
+    here, so the zero padding is black pixels before normalisation). ``batch``: the planned batch
+    ``x`` is a rank's share of; the draws are made for the whole global batch and this rank keeps
+    its rows (:meth:`PlannedBatch.mine`), so the result does not depend on the rank."""
     b, c, h, w = x.shape
     if padding == 0 and flip == "none":
         return x
+    size, mine = (batch.global_size, batch.mine) if batch is not None else (b, lambda draws: draws)
     # the draws come from a CPU generator (the same on every device); only they cross to the device,
     # from pinned memory without waiting, and the gather index is built there
-    offsets = to_device_async(torch.randint(0, 2 * padding + 1, (b, 2), generator=generator) if padding > 0
+    offsets = to_device_async(mine(torch.randint(0, 2 * padding + 1, (size, 2), generator=generator)) if padding > 0
                               else torch.zeros(b, 2, dtype=torch.long), x.device)
     rows = torch.arange(h, device=x.device).expand(b, h)
     cols = torch.arange(w, device=x.device).expand(b, w)
     if flip != "none":
-        mirror = to_device_async((torch.rand(b, generator=generator) < 0.5)[:, None], x.device)
+        mirror = to_device_async(mine(torch.rand(size, generator=generator) < 0.5)[:, None], x.device)
         if flip == "horizontal":
             cols = torch.where(mirror, w - 1 - cols, cols)
         else:
@@ -145,7 +166,7 @@ class Split:
             raise BiopropError(f"start={start!r}; expected a batch index in 0..{count} (this "
                                f"epoch has {count} batches of {batch_size} on each rank)")
         return [PlannedBatch(i, order[i * batch_size:min((i + 1) * batch_size, stop)],
-                             (seed, epoch, "augment", rank, i))
+                             (seed, epoch, "augment", 0, i), rank, world_size)
                 for i in range(start, count)]
 
     def uint8_batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
@@ -232,5 +253,5 @@ class TensorSplit(Split):
             rows = positions if self.indices is None else self.indices[positions]
             x = self.x[rows].to(device, non_blocking=True)
             if augment:
-                x = augment_batch(x, batch.augment_generator(), self.crop_padding, self.flip)
+                x = augment_batch(x, batch.augment_generator(), self.crop_padding, self.flip, batch)
             yield x, self.y[rows]

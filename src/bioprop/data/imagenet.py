@@ -13,8 +13,9 @@ Transforms, with torchvision's semantics for PIL images (bilinear, Pillow's anti
   then ``CenterCrop(224)``.
 
 The random crop and flip of each image come from its own seed, drawn in the main process from
-the batch's generator (:meth:`~bioprop.data.batching.PlannedBatch.augment_generator`), so the
-images are the same for any number of workers and for any ``start``.
+the global batch's generator (:meth:`~bioprop.data.batching.PlannedBatch.augment_generator`: one
+seed per example of the global batch, each rank keeping its rows), so the images are the same for
+any number of workers, for any ``start`` and for any number of processes sharing the batch.
 
 Decoding: Pillow by default. ``draft="train"`` or ``"all"`` lets JPEGs be decoded at 1/2, 1/4 or
 1/8 size (libjpeg's DCT scaling, Pillow's ``Image.draft``) whenever the region that is resized
@@ -473,11 +474,12 @@ class FolderSplit(Split):
         self._loader = self._loader_settings = None
 
     def _sample_keys(self, batch: PlannedBatch, augment: bool) -> list[tuple[int, int, bool]]:
-        """``(position, seed, augment)`` per image; the seeds come from the batch's generator."""
+        """``(position, seed, augment)`` per image; the seeds come from the global batch's generator
+        (this rank's rows of them)."""
         positions = batch.rows.tolist()
         if not augment:
             return [(p, 0, False) for p in positions]
-        seeds = torch.randint(0, 2**62, (len(positions),), generator=batch.augment_generator())
+        seeds = batch.mine(torch.randint(0, 2**62, (batch.global_size,), generator=batch.augment_generator()))
         return [(p, s, True) for p, s in zip(positions, seeds.tolist())]
 
     def _new_loader(self, batch_sampler, pin_memory: bool, persistent: bool) -> DataLoader:
