@@ -129,6 +129,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--alignment-every", type=any_int, metavar="N",
                         help="every N steps, measure each layer's update angle to backprop's gradient and the "
                              "feedback/forward weight angle, written per epoch in metrics.jsonl (default: 0, off)")
+    parser.add_argument("--sync-batchnorm", action="store_true", default=None,
+                        help="data-parallel runs: batch-norm layers normalise with the statistics of the global "
+                             "batch (SyncBatchNorm), so N processes at B/N train as one at B (default: each "
+                             "process its own share; buffers are taken from process 0)")
     parser.add_argument("--out", type=path, metavar="FOLDER",
                         help="run folder for config.json, metrics.jsonl, results.json, checkpoint.pt "
                              "(default: write nothing)")
@@ -160,7 +164,7 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
     config.data = dataclasses.replace(config.data, **{k: v for k, v in data_flags.items() if v is not None})
     for flag in ("model", "rule", "epochs", "batch_size", "eval_batch_size", "seed", "device", "precision",
                  "optimizer_impl", "limit_batches", "limit_eval_batches", "train_eval_size", "checkpoint_every",
-                 "alignment_every"):
+                 "alignment_every", "sync_batchnorm"):
         if getattr(args, flag) is not None:
             setattr(config, flag, getattr(args, flag))
     apply_optimizer_flags(args, config)

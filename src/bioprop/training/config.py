@@ -169,6 +169,7 @@ class TrainConfig:
     optimizer_impl: str = "auto"           # optimiser kernel: auto (fused where supported), fused, foreach, plain
     checkpoint_every: str | None = None    # also checkpoint within a pass: "N" steps or "Nmin" minutes
     alignment_every: int = 0               # alignment with backprop every N steps (0: off), see training/alignment.py
+    sync_batchnorm: bool = False           # batch-norm statistics over the global batch (training/sync_batchnorm.py)
 
     def validate(self) -> None:
         """Raises :class:`BiopropError` naming the first field that is wrong: a type, a range, an
@@ -188,6 +189,8 @@ class TrainConfig:
             check_int(getattr(self, name), name, minimum=1)
         check_int(self.seed, "seed", minimum=0, maximum=MAX_SEED)
         check_int(self.alignment_every, "alignment_every", minimum=0)
+        if not isinstance(self.sync_batchnorm, bool):
+            raise BiopropError(f"sync_batchnorm must be true or false, got {shown(self.sync_batchnorm)}")
         for name in ("limit_batches", "limit_eval_batches", "train_eval_size"):
             check_int(getattr(self, name), name, minimum=1, optional=True)
         if not isinstance(self.device, str) or not re.fullmatch(DEVICE_PATTERN, self.device):

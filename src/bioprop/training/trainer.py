@@ -47,6 +47,7 @@ from bioprop.training.optimizers import make_optimizer, make_scheduler
 from bioprop.training.progress import progress_callback
 from bioprop.training.results import summarize
 from bioprop.training.run_folder import CHECKPOINT, RunFolder
+from bioprop.training.sync_batchnorm import convert_sync_batchnorm, has_sync_batchnorm
 
 __all__ = ["CHECKPOINT", "DivergenceError", "PassState", "Trainer", "format_row", "make_optimizer",
            "resolve_device", "train"]
@@ -157,10 +158,14 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------
     def _build(self, data: DataBundle | None) -> None:
-        """Seeds, then builds the model, the rule, the data and one optimiser (and schedule) per group."""
+        """Seeds, then builds the model, the rule, the data and one optimiser (and schedule) per group;
+        in a data-parallel job every process then takes rank 0's parameters and buffers, and the
+        gradients go through a :class:`~bioprop.training.distributed.GradientReducer`."""
         config = self.config
         torch.manual_seed(config.seed)
         model = create_model(config.model)  # validates the names before any data is read
+        if config.sync_batchnorm:
+            model = convert_sync_batchnorm(model)
         self.task: Task = task_of(model)
         self.rule: LearningRule = create_rule(config.rule, model, seed=config.seed, **config.rule_options)
         self.rule.set_data_parallel(self.parallel.rank, self.parallel.world_size)
@@ -168,6 +173,8 @@ class Trainer:
         self._check_model_fits_data(model)
         self._move_data_to_device()
         self.rule.to(self.device)
+        self.parallel.broadcast_state(self.rule)
+        self.buffers_differ = False  # a step changed buffers (batch-norm statistics) on each rank on its own
         self.optimizers, self.schedulers = {}, {}
         steps = self.steps_per_pass()
         for group, params in self.rule.parameter_groups().items():
@@ -179,6 +186,12 @@ class Trainer:
             scheduler = make_scheduler(self.optimizers[group], settings, group_steps, config.epochs)
             if scheduler is not None:
                 self.schedulers[group] = scheduler
+        self.reducer = None
+        if self.parallel.enabled:  # sync batch norm's own collectives: buckets go at the end, in order
+            self.reducer = distributed.GradientReducer(
+                self.parallel, {group: [p for g in opt.param_groups for p in g["params"]]
+                                for group, opt in self.optimizers.items()},
+                overlap=not has_sync_batchnorm(self.rule))
 
     def steps_per_pass(self) -> int:
         """Optimiser steps in one pass over the training data (this process's share of each batch)."""
@@ -315,8 +328,6 @@ class Trainer:
         """Pass ``index`` of ``passes_per_epoch`` over the training data, training ``groups``; returns its row."""
         config, rule, state = self.config, self.rule, self.pass_state
         groups = tuple(group for group in groups if group in self.optimizers)
-        parameters = {group: [p for g in self.optimizers[group].param_groups for p in g["params"]]
-                      for group in groups}
         rule.train()
         world = self.parallel.world_size
         total = self.steps_per_pass()
@@ -329,7 +340,7 @@ class Trainer:
         for x, y in batches:
             if state.step >= total:
                 break
-            result = self._step(x, y, groups, parameters)
+            result = self._step(x, y, groups)
             checked, finite = sums.add(result, self.task.metric_sum(result.logits, self.task.target(x, y)),
                                        len(y), state.step)
             state.seen += len(y)
@@ -364,25 +375,31 @@ class Trainer:
         sums.fold_into(state)
         return self._pass_row(groups, state)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, groups: tuple[str, ...], parameters: dict) -> StepResult:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, groups: tuple[str, ...]) -> StepResult:
         """One optimiser step of ``groups``: the rule's gradients, averaged over the processes, applied."""
         for group in groups:
             self.optimizers[group].zero_grad(set_to_none=True)
+        if self.reducer is not None:  # buckets are sent as the backward pass accumulates gradients
+            self.reducer.start(groups)
         with self.autocast():
             result = self.rule.compute_gradients(x, y, groups)
         if self._align_now(groups, self.pass_state.step):
             result.diagnostics = {**result.diagnostics, **alignment.measure(self.rule, x, y)}
+        if self.reducer is not None:
+            self.reducer.finish()
+            self.buffers_differ = True
         for group in groups:
-            self.parallel.average_gradients(parameters[group])
             self.optimizers[group].step()
             if group in self.schedulers:
                 self.schedulers[group].step()
         return result
 
     def _align_now(self, groups: tuple[str, ...], step: int) -> bool:
-        """Alignment metrics on this step? (``alignment_every``; passes training the forward weights; process 0)."""
+        """Alignment metrics on this step? (``alignment_every``; passes training the forward weights; process 0,
+        or every process with sync batch norm, whose forward pass needs them all)."""
         every = self.config.alignment_every
-        return bool(every) and step % every == 0 and "forward" in groups and self.parallel.is_main
+        return bool(every) and step % every == 0 and "forward" in groups and (
+            self.parallel.is_main or self.config.sync_batchnorm)
 
     def _decide(self, step: int, last_save: float) -> tuple[bool, bool]:
         """After ``step`` steps of a pass: (stop on a signal?, a mid-pass checkpoint due?). A data-parallel
@@ -396,8 +413,9 @@ class Trainer:
             return self.stop.requested, by_steps or by_clock
         if step % AGREE_EVERY:
             return False, by_steps
-        flags = self.parallel.sum(torch.tensor([float(self.stop.requested), float(by_clock)], dtype=torch.float64,
-                                               device=self.device)).tolist()
+        # host values on the CPU (gloo, also in CUDA jobs): no device synchronisation
+        flags = self.parallel.sum(torch.tensor([float(self.stop.requested), float(by_clock)],
+                                               dtype=torch.float64)).tolist()
         return flags[0] > 0, by_steps or flags[1] > 0
 
     def _interrupted(self, where: str) -> TrainingInterrupted:
@@ -455,7 +473,15 @@ class Trainer:
             row["passes"] = self.pass_rows
         return row
 
+    def _agree_on_buffers(self) -> None:
+        """Rank 0's buffers on every process, if a step changed them since the last time (before an
+        evaluation or a checkpoint: one model scored on every shard, and saved)."""
+        if self.buffers_differ:
+            self.parallel.broadcast_buffers(self.rule)
+            self.buffers_differ = False
+
     def _evaluate_splits(self) -> dict:
+        self._agree_on_buffers()
         config, row = self.config, {}
         for name in ("train", "val", "test"):
             split = getattr(self.data, name)
@@ -472,6 +498,7 @@ class Trainer:
     def save(self, epochs_done: int, next_pass: int | None = None) -> None:
         """Checkpoint, then the metrics files. ``next_pass``: a checkpoint within epoch
         ``epochs_done`` (0-based), before pass ``next_pass`` or within it at ``pass_state.step``."""
+        self._agree_on_buffers()
         if not self.folder.writes:
             return
         rng = {"torch": torch.get_rng_state(),
