@@ -1,0 +1,1 @@
+"""Predictive coding: inference on the layers' prediction errors, then local Hebbian updates."""
