@@ -8,6 +8,8 @@
 ``direct/``            direct feedback: the output error sent straight to every layer (DFA)
 ``target_prop/``       target propagation: local losses toward targets from learned inverses
                        (TP, DTP, SDTP, AO-SDTP, DRL, L-DRL, the BP/DTP hybrid)
+``forward_only/``      no backward pass through the network: forward gradients (FG), PEPITA,
+                       DRTP, Forward-Forward (FF)
 =====================  ================================================================
 
 Importing this package imports every module under it, and each module registers its rules
