@@ -26,6 +26,17 @@ import torch
 from bioprop.errors import BiopropError
 from bioprop.models import Network
 from bioprop.nn.affine import AffineOps, affine_ops
+from bioprop.rules.base import LearningRule
+
+
+class LayeredRule(LearningRule):
+    """Base of the rules that run a Network's blocks both ways: refuses other models by name and holds
+    the blocks' maps (:class:`LayeredMaps`) as ``self.maps``."""
+
+    def __init__(self, model, options=None, seed: int = 0):
+        super().__init__(model, options, seed)
+        check_layered_network(self.name, model)
+        self.maps = LayeredMaps(model)
 
 
 def check_layered_network(rule_name: str, model) -> None:

@@ -59,8 +59,8 @@ from dataclasses import dataclass, field
 import torch
 
 from bioprop.checks import check_int, check_number
-from bioprop.rules.base import LearningRule, StepResult, register_rule
-from bioprop.rules.layered import LayeredMaps, check_layered_network, full_precision
+from bioprop.rules.base import StepResult, register_rule
+from bioprop.rules.layered import LayeredRule, full_precision
 
 NUDGINGS = ("centred", "one-sided")
 
@@ -87,7 +87,7 @@ class EquilibriumOptions:
 
 
 @register_rule("ep")
-class EquilibriumPropagation(LearningRule):
+class EquilibriumPropagation(LayeredRule):
     """Equilibrium propagation with centred nudging: free and +-beta phases of the layered energy
     ``E = sum G(s) - sum <s_l, W_l s_{l-1} + b_l> + beta L``, then
     ``grad W_l = -(s_l^+ s_{l-1}^{+T} - s_l^- s_{l-1}^{-T}) / (2 beta N)`` (Scellier & Bengio 2017;
@@ -96,11 +96,6 @@ class EquilibriumPropagation(LearningRule):
     label = "EP"
     preset_column = "fa"
     Options = EquilibriumOptions
-
-    def __init__(self, model, options=None, seed: int = 0):
-        super().__init__(model, options, seed)
-        check_layered_network(self.name, model)
-        self.maps = LayeredMaps(model)
 
     @classmethod
     def check_options(cls, o) -> None:

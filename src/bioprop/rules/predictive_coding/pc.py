@@ -54,8 +54,8 @@ from typing import ClassVar
 import torch
 
 from bioprop.checks import check_int, check_number
-from bioprop.rules.base import LearningRule, StepResult, register_rule
-from bioprop.rules.layered import LayeredMaps, check_layered_network, full_precision
+from bioprop.rules.base import StepResult, register_rule
+from bioprop.rules.layered import LayeredRule, full_precision
 
 OUTPUT_ENERGIES = ("loss", "clamped")
 
@@ -86,7 +86,7 @@ class PredictiveCodingOptions:
 
 
 @register_rule("pc")
-class PredictiveCoding(LearningRule):
+class PredictiveCoding(LayeredRule):
     """Predictive coding, standard (Whittington & Bogacz 2017): T steps of
     ``v_l <- v_l - eta (eps_l - W_{l+1}^T (f'_{l+1} * eps_{l+1}))`` with predictions recomputed from
     the current value nodes, then ``grad W_l = -(eps_l * f'_l) v_{l-1}^T / (N gamma)``."""
@@ -96,11 +96,6 @@ class PredictiveCoding(LearningRule):
     Options = PredictiveCodingOptions
     #: hold predictions, their derivatives and the layers' inputs at the forward pass (pc-fixed)
     fixed_prediction: ClassVar[bool] = False
-
-    def __init__(self, model, options=None, seed: int = 0):
-        super().__init__(model, options, seed)
-        check_layered_network(self.name, model)
-        self.maps = LayeredMaps(model)
 
     @classmethod
     def check_options(cls, o) -> None:
