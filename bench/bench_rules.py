@@ -8,8 +8,9 @@ the trainer runs them (zero_grad, ``compute_gradients``, one Adam step per train
 trainer's ``make_optimizer``, ``loss.item()``), on random data of the network's input shape. The
 median over repeats is reported, with the ratio to BP. The epoch time is estimated as the
 number of training batches of the default split (50k MNIST / 45k CIFAR-10 examples) times the
-time per batch, plus the evaluation of the validation and test splits (20k / 15k examples,
-timed with the model's forward pass, the same for every rule).
+time per batch, plus the evaluation of the validation and test splits (20k / 15k examples, timed
+with each rule's inference, ``rule.predict``: the network's forward pass for most rules, one pass
+per label for Forward-Forward).
 
 Target-propagation diagnostics run every ``diagnostics_every`` (default 20) batches; their cost is
 measured once per variant (batches with diagnostics on every batch) and added amortised:
@@ -92,9 +93,9 @@ def bench_model(model_name, batch_size, batches, repeats, warmup, variants, log,
     data = [(torch.randn(batch_size, *input_shape, generator=generator),
              torch.randint(0, classes, (batch_size,), generator=generator)) for _ in range(max(batches, warmup))]
     times = {variant_name(*v): [] for v in variants}
-    diagnostics_extra, eval_times = {}, []
+    eval_times = {variant_name(*v): [] for v in variants}
+    diagnostics_extra = {}
     for repeat in range(repeats):
-        eval_times.append(time_evaluation(model_name, min(4 * batch_size, 500), input_shape))
         for rule_name, schedule in variants:
             name = variant_name(rule_name, schedule)
             rule, optimizers = build(model_name, rule_name, schedule, fused_adam)
@@ -109,13 +110,14 @@ def bench_model(model_name, batch_size, batches, repeats, warmup, variants, log,
                 with_diagnostics = train_batches(rule, optimizers, data[:count], phase_plan(rule, schedule, count))
                 diagnostics_extra[name] = max(with_diagnostics - seconds, 0.0) / every
             times[name].append(seconds + diagnostics_extra.get(name, 0.0))
+            eval_times[name].append(time_evaluation(rule, min(4 * batch_size, 500), input_shape))
             log(f"  {model_name} repeat {repeat + 1}/{repeats} {name:8s} {1e3 * times[name][-1]:9.1f} ms/batch")
             del rule, optimizers
             gc.collect()
     medians = {name: statistics.median(values) for name, values in times.items()}
     train_examples, eval_examples = EPOCH_EXAMPLES[model_name.split("-")[0]]
-    eval_seconds = statistics.median(eval_times) * eval_examples
-    epochs = {name: math.ceil(train_examples / batch_size) * value + eval_seconds for name, value in medians.items()}
+    epochs = {name: math.ceil(train_examples / batch_size) * value + statistics.median(eval_times[name]) * eval_examples
+              for name, value in medians.items()}
     bp = medians.get("bp")
     return {name: {"ms_per_batch": 1e3 * value, "ratio_to_bp": value / bp if bp else None,
                    "epoch_s": epochs[name], "epoch_ratio_to_bp": epochs[name] / epochs["bp"] if bp else None,
@@ -124,15 +126,18 @@ def bench_model(model_name, batch_size, batches, repeats, warmup, variants, log,
 
 
 @torch.no_grad()
-def time_evaluation(model_name, batch, input_shape):
-    """Seconds per example of the evaluation forward pass (the same for every rule)."""
-    torch.manual_seed(0)
-    model = create_model(model_name).eval()
-    x = torch.randn(batch, *input_shape)
-    model(x)
-    start = time.perf_counter()
-    model(x)
-    return (time.perf_counter() - start) / batch
+def time_evaluation(rule, batch, input_shape):
+    """Seconds per example of the rule's inference as evaluation runs it (``rule.predict``, eval mode)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *input_shape, generator=generator)
+    rule.eval()
+    try:
+        rule.predict(x)
+        start = time.perf_counter()
+        rule.predict(x)
+        return (time.perf_counter() - start) / batch
+    finally:
+        rule.train()
 
 
 def main(argv=None):
@@ -181,7 +186,7 @@ def main(argv=None):
         print(f"{model_name:10s} {entry['batch_size']:5d} {entry['timed_batches']:5d} "
               + " ".join(f"{c:>15s}" for c in cells))
     print("\nEpoch time estimate (batches per epoch x time per batch + evaluation of validation and test "
-          "splits, which costs the same for every rule); ratio = rule / BP")
+          "splits with the rule's predict); ratio = rule / BP")
     print(f"{'model':10s} {'':11s} " + " ".join(f"{n:>15s}" for n in names))
     for model_name, entry in results["models"].items():
         cells = [f"{entry['variants'][n]['epoch_s']:7.1f}s {entry['variants'][n]['epoch_ratio_to_bp']:5.2f}x"
