@@ -105,7 +105,8 @@ def single(config: TrainConfig):
 
 def write_cifar(root: Path) -> Path:
     """tests/experiments/conftest.py's writer (100 training images, 20 test images)."""
-    spec = importlib.util.spec_from_file_location("experiments_conftest", MODELS.parents[1] / "experiments" / "conftest.py")
+    path = MODELS.parents[1] / "experiments" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("experiments_conftest", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.write_cifar(root)
