@@ -178,12 +178,25 @@ class PredictiveCoding(LayeredRule):
         return errors, slopes, values, mus
 
     def fixed_inference(self, values, mus, slopes, target):
-        """Fixed prediction: mu, f' and the Jacobians stay those of the forward pass."""
+        """Fixed prediction: mu, f' and the Jacobians stay those of the forward pass.
+
+        The error moves down one layer per step, so step t changes only the layers it has reached,
+        l >= L - t (the others stay exactly zero), and with rate 1 only the newest of them (those
+        above already hold their final value): pc-fixed then costs one transposed map per layer, as
+        backprop's backward pass does."""
         rate = float(self.options.inference_rate)
         errors = [torch.zeros_like(v) for v in values[1:]] + [self.output_error(mus[-1], target)]
-        for _ in range(self.steps()):
-            sent = self.backward_errors(errors, slopes, values)
-            errors = [(1 - rate) * e + rate * s for e, s in zip(errors[:-1], sent)] + errors[-1:]
+        hidden = len(errors) - 1  # errors[j] is that of v_{j+1}; errors[hidden] the output's
+        for step in range(1, self.steps() + 1):
+            reached = range(max(hidden - step, 0), hidden)
+            if rate == 1.0:
+                reached = reached[:1] if hidden - step >= 0 else range(0)
+            updated = list(errors)
+            for j in reached:
+                delta = errors[j + 1] if slopes[j + 1] is None else errors[j + 1] * slopes[j + 1]
+                sent = self.maps.transpose(j + 1, delta, values[j + 1].shape)
+                updated[j] = sent if rate == 1.0 else (1 - rate) * errors[j] + rate * sent
+            errors = updated
         return errors, values
 
 
