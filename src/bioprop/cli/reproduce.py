@@ -134,8 +134,13 @@ def run(args) -> int:
     try:
         outcome = reproduce(specs, args.out, jobs=args.jobs, progress=not args.no_progress and sys.stderr.isatty(),
                             echo_epochs=not args.no_progress, threads=args.threads)
-    except TrainingInterrupted as stopped:  # the same command picks up every run where it stopped
-        raise stopped.with_resume("bioprop " + shlex.join(canonical_command(args))) from None
+    except KeyboardInterrupt as stopped:  # Ctrl-C, SIGTERM: the same command picks up every run where it stopped
+        resume = "bioprop " + shlex.join(canonical_command(args))
+        if isinstance(stopped, TrainingInterrupted):  # --jobs 1: the run in this process
+            raise stopped.with_resume(resume) from None
+        # --jobs N: each worker checkpointed its run at the step it was in; no other run was started
+        raise TrainingInterrupted("SIGINT", "while training (every run in progress stopped after its step)",
+                                  f"each run's folder under {args.out}", resume) from None
     if not main_process:
         return 0
     if not args.no_report:

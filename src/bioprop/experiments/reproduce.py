@@ -308,11 +308,20 @@ def run_state(path: Path, epochs: int) -> tuple[str, int]:
 # -- running -----------------------------------------------------------------------------------
 
 
+#: set in a process whose run was stopped by a signal: it starts no other run (a worker of a
+#: --jobs pool may already hold the next one when Ctrl-C arrives)
+_INTERRUPTED = False
+
+
 def _execute(spec_dict: dict, root: str, progress: bool, threads: int | None, echo: bool) -> dict:
     """Trains one run (in this process or a worker process); returns its summary."""
     import torch
 
-    from bioprop.training import Trainer, distributed
+    from bioprop.training import Trainer, TrainingInterrupted, distributed
+
+    global _INTERRUPTED
+    if _INTERRUPTED:
+        raise KeyboardInterrupt(f"{spec_dict['folder']}: not started, the job was interrupted")
 
     if threads:
         torch.set_num_threads(threads)
@@ -333,7 +342,11 @@ def _execute(spec_dict: dict, root: str, progress: bool, threads: int | None, ec
         started = time.time()
         # resume=True also starts afresh when no checkpoint was written yet
         trainer = Trainer(config, out=path, resume=True, progress=progress, log=log)
-        trainer.fit()
+        try:
+            trainer.fit()
+        except TrainingInterrupted:
+            _INTERRUPTED = True
+            raise
     from bioprop.training import summarize
 
     return {"tag": tag, "summary": summarize(trainer.metrics), "seconds": time.time() - started}
@@ -413,7 +426,8 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
                 continue
             finished(spec, result)
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        try:
             futures = {pool.submit(_execute, {"folder": s.folder, "config": s.config.to_dict()}, str(root),
                                    False, threads, False): s for s in todo}
             for future in as_completed(futures):
@@ -424,6 +438,10 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
                     failure(spec, error)
                     continue
                 finished(spec, result)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the running runs checkpoint and stop; start no other
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     return {"skipped": skipped, "ran": ran, "failed": failed}
 
 
