@@ -160,7 +160,7 @@ def _patch_chunks(x, kernel, stride, pads, out_size):
         yield l0, l1, patches
 
 
-def _autocast_dtype(device_type):
+def autocast_dtype(device_type):
     """The autocast dtype if autocast is on for ``device_type``, else None."""
     try:
         enabled = torch.is_autocast_enabled(device_type)
@@ -174,7 +174,7 @@ def _operands(*tensors):
     dtype where it is on for their device and none is float64 (the batched matmuls here write into
     buffers, ``bmm(out=)``, which autocast itself leaves alone), else their promoted dtype."""
     present = [t for t in tensors if t is not None]
-    dtype = _autocast_dtype(present[0].device.type)
+    dtype = autocast_dtype(present[0].device.type)
     if dtype is None or any(t.dtype == torch.float64 for t in present):
         dtype = functools.reduce(torch.promote_types, (t.dtype for t in present))
     return [None if t is None else t.to(dtype) for t in tensors]
