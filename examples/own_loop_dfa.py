@@ -8,9 +8,8 @@ whatever loss you differentiate sends the output error ``e = dL/dlogits`` to the
 last delivery point and ``B_k e`` (a fixed random projection) to delivery point k; inside each
 segment (here: Linear then Tanh, so ``f'`` is applied) autograd does the rest. Calling ``net(x)``
 and ``loss.backward()`` is therefore DFA, for any loss: the loop is ``own_loop_feedback.train``,
-unchanged. ``wrap`` returns the rule today (an
-``nn.Module`` whose forward is ``net``'s, with the feedback matrix as a buffer), not ``net``; calling
-either is the same, and this example keeps training ``net``.
+unchanged. ``wrap`` returns ``net`` itself (as for every rule), with the feedback matrix as its buffer
+``feedback_matrix``; the rule is ``bioprop.rule_of(net)``.
 
 Trains on MNIST when a copy is found (``--data-dir``, ``$BIOPROP_DATA``, ``../shared/data``, the
 cache), else on a synthetic problem; prints the loss falling and the test error. See
@@ -50,11 +49,12 @@ def main(argv: list[str] | None = None) -> dict:
     train_set, test_set, source = own_loop_data.load(args.data_dir, args.synthetic)
     torch.manual_seed(args.seed)
     net = MLP()
-    rule = bioprop.wrap(net, rule="dfa", deliver_at=["hidden1", "hidden2"], seed=args.seed)
+    net = bioprop.wrap(net, rule="dfa", deliver_at=["hidden1", "hidden2"], seed=args.seed)
+    rule = bioprop.rule_of(net)
     print(f"dfa on a 784-256-256-10 MLP, {source}: {args.steps} steps of {args.batch_size}")
     losses = train(net, train_set, args.steps, args.batch_size, args.lr, log_every=max(1, args.steps // 10))
     error = own_loop_data.test_error(net, test_set)
-    print(f"test error {error:.2f}%  (feedback matrix {tuple(rule.feedback_matrix.shape)}, a buffer of the rule)")
+    print(f"test error {error:.2f}%  (feedback matrix {tuple(rule.feedback_matrix.shape)}, net.feedback_matrix, a buffer)")
     return {"losses": losses, "test_error": error, "rule": rule, "net": net}
 
 

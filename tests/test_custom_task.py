@@ -99,7 +99,7 @@ def test_dfa_delivers_the_custom_losss_output_gradient():
 
 def test_wrapped_dfa_task_and_a_custom_loss_through_backward_agree():
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
-    rule = bioprop.wrap(module, rule="dfa", deliver_at=["2"], seed=0)
+    rule = bioprop.rule_of(bioprop.wrap(module, rule="dfa", deliver_at=["2"], seed=0))
     rule.task = hinge
     x, y = batch()
     _, through_rule = gradients(rule, x, y)

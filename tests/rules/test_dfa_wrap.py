@@ -55,10 +55,12 @@ def grads(module):
 
 
 def wrapped(seed=0, deliver_at=DELIVER):
+    """(the rule wrapping a SmallResNet, a plain copy of the network)."""
     torch.manual_seed(0)
     net = SmallResNet()
     plain = copy.deepcopy(net)
-    return bioprop.wrap(net, rule="dfa", deliver_at=deliver_at, seed=seed), plain
+    assert bioprop.wrap(net, rule="dfa", deliver_at=deliver_at, seed=seed) is net  # wrap returns the module
+    return bioprop.rule_of(net), plain
 
 
 def test_gradients_below_each_delivery_point_are_the_projected_error_back_propagated():
@@ -91,7 +93,7 @@ def test_gradients_below_each_delivery_point_are_the_projected_error_back_propag
 def test_linear_toy_module_gets_the_hand_computed_dfa_update():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3))
-    rule = bioprop.wrap(net, rule="dfa", deliver_at="0", seed=3)
+    rule = bioprop.rule_of(bioprop.wrap(net, rule="dfa", deliver_at="0", seed=3))
     assert rule.feedback_matrix is None  # no input_shape: drawn at the first forward
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     task_loss(rule(x), y).backward()
@@ -144,8 +146,12 @@ def test_layer_weights_by_module_name():
     (["fc"], "depend on no parameter above the last delivery point 'fc'"),
 ])
 def test_bad_delivery_points_are_refused_by_name(deliver_at, message):
+    torch.manual_seed(0)
+    net = SmallResNet()
+    keys = list(net.state_dict())
     with pytest.raises(BiopropError, match=message):
-        wrapped(deliver_at=deliver_at)
+        bioprop.wrap(net, rule="dfa", deliver_at=deliver_at)
+    assert "bioprop_rule" not in net.__dict__ and list(net.state_dict()) == keys  # left as it was
 
 
 def test_generic_module_needs_deliver_at_in_the_trainer_path():
@@ -163,7 +169,7 @@ def test_state_dict_round_trip_and_same_seed_same_gradients():
     assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])
     assert not torch.equal(results[0]["stem.0.weight"], results[2]["stem.0.weight"])
     source, _ = wrapped(seed=4)
-    assert "feedback_matrix" in source.state_dict()
+    assert "feedback_matrix" in source.model.state_dict()  # M is the model's buffer
     target, _ = wrapped(seed=5)
     target.load_state_dict(source.state_dict())
     task_loss(target(x), y).backward()
@@ -173,27 +179,31 @@ def test_state_dict_round_trip_and_same_seed_same_gradients():
 
 def test_lazily_drawn_matrix_loads_before_the_first_forward_and_deepcopies():
     torch.manual_seed(0)
-    source = bioprop.wrap(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)), rule="dfa", deliver_at=["1"])
+    source = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    target = copy.deepcopy(source)
+    bioprop.wrap(source, rule="dfa", deliver_at=["1"])
     source(torch.randn(2, 4))
-    target = bioprop.wrap(copy.deepcopy(source.model), rule="dfa", deliver_at=["1"], seed=9)
+    bioprop.wrap(target, rule="dfa", deliver_at=["1"], seed=9)
+    assert target.feedback_matrix is None  # not drawn yet
     target.load_state_dict(source.state_dict())
     assert torch.equal(target.feedback_matrix, source.feedback_matrix)
     twin = copy.deepcopy(source)
+    assert bioprop.rule_of(twin).model is twin  # the copy carries its own rule, wired to it
     x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
-    for rule in (source, twin):
-        task_loss(rule(x), y).backward()
-    assert torch.equal(twin.model[0].weight.grad, source.model[0].weight.grad)
-    assert source.model[0].weight.grad.abs().sum() > 0
+    for net in (source, twin):
+        task_loss(net(x), y).backward()
+    assert torch.equal(twin[0].weight.grad, source[0].weight.grad)
+    assert source[0].weight.grad.abs().sum() > 0
 
 
 def test_network_delivered_at_every_hidden_block_matches_the_default_rule():
     torch.manual_seed(0)
     model = create_model("mnist-fc")
     x, y = torch.randn(5, 1, 28, 28), torch.randint(0, 10, (5,))
+    twin = copy.deepcopy(model)
     default = create_rule("dfa", model, seed=2)
     default.compute_gradients(x, y, ("forward",))
     expected = grads(model)
-    twin = copy.deepcopy(model)
     named = create_rule("dfa", twin, seed=2, deliver_at=",".join(f"blocks.{i}" for i in range(5)))
     named.compute_gradients(x, y, ("forward",))
     assert torch.equal(named.feedback_matrix, default.feedback_matrix)

@@ -29,8 +29,8 @@ def test_fa_with_feedback_equal_to_forward_weights_is_backprop_exactly(name):
     x, y = batch(model)
     bp_grads, bp_step = gradients(create_rule("bp", model), x, y)
     fa = create_rule("fa", model)
-    for index, layer in enumerate(model.layers):
-        getattr(fa, f"feedback_{index}").copy_(layer.weight.detach())
+    for layer in model.layers:
+        layer.feedback_weight.copy_(layer.weight.detach())
     fa_grads, fa_step = gradients(fa, x, y)
     assert torch.equal(fa_step.logits, bp_step.logits)
     for key in bp_grads:
@@ -43,7 +43,7 @@ def test_fa_with_random_feedback_differs_from_backprop_below_the_top(name):
     model = create_model(name)
     x, y = batch(model)
     bp_grads, _ = gradients(create_rule("bp", model), x, y)
-    fa_grads, _ = gradients(create_rule("fa", model), x, y)
+    fa_grads, _ = gradients(create_rule("fa", model), x, y)  # fa wraps the model in place; bp has run already
     last = f"blocks.{len(model.blocks) - 1}.layer.weight"
     assert torch.equal(fa_grads[last], bp_grads[last])  # the output layer's gradient needs no feedback
     assert not torch.allclose(fa_grads["blocks.0.layer.weight"], bp_grads["blocks.0.layer.weight"])
@@ -71,9 +71,10 @@ def test_every_parameter_receives_an_update_and_fixed_feedback_never_changes(rul
 def test_feedback_weights_are_buffers_seeded_per_layer():
     torch.manual_seed(0)
     model = create_model("mnist-fc")
-    first, again, other = create_rule("fa", model, seed=0), create_rule("fa", model, seed=0), create_rule("fa", model, seed=1)
-    assert not list(first.parameters())[len(list(model.parameters())):]  # no extra Parameters
-    assert len(list(first.buffers())) == len(model.layers)
+    first, again, other = (create_rule("fa", copy.deepcopy(model), seed=seed) for seed in (0, 0, 1))
+    assert len(list(first.parameters())) == len(list(model.parameters()))  # no extra Parameters
+    assert [name for name, _ in first.named_buffers()] == [f"model.blocks.{index}.layer.feedback_weight"
+                                                           for index in range(len(model.layers))]
     for index in range(len(model.layers)):
         assert torch.equal(first.feedback_weight(index), again.feedback_weight(index))
         assert not torch.equal(first.feedback_weight(index), other.feedback_weight(index))

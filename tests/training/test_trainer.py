@@ -36,7 +36,7 @@ def test_run_folder_holds_config_metrics_results_and_checkpoint(shared_data, tmp
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["test_error_at_best_val"] == result["summary"]["test_error_at_best_val"]
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert checkpoint["epoch"] == 2 and "feedback_0" in checkpoint["rule"]
+    assert checkpoint["epoch"] == 2 and "model.blocks.0.layer.feedback_weight" in checkpoint["rule"]  # B on its layer
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 

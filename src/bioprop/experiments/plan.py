@@ -232,11 +232,11 @@ def count_parameters(rule, groups: dict[str, list[torch.nn.Parameter]]) -> list[
 
 
 def count_buffers(rule) -> list[TensorCount]:
-    """Buffers by name pattern, the model's named as in the model (``blocks.0.layer.feedback_weight``,
-    ``blocks.1.layer.feedback_weight``, ... -> ``blocks.*.layer.feedback_weight``; ``feedback_matrix``)."""
+    """Buffers by their own name, numbers as ``*`` (every layer's ``feedback_weight`` together;
+    ``feedback_matrix``; ``aux_weight``)."""
     kinds: dict[str, list[torch.Tensor]] = {}
     for name, buffer in rule.named_buffers():
-        kinds.setdefault(re.sub(r"\d+", "*", name.removeprefix("model.")), []).append(buffer)
+        kinds.setdefault(re.sub(r"\d+", "*", name.rsplit(".", 1)[-1]), []).append(buffer)
     return [TensorCount(name, len(tensors), sum(t.numel() for t in tensors), _nbytes(tensors),
                         list(tensors[0].shape) if len(tensors) == 1 else None)
             for name, tensors in kinds.items()]

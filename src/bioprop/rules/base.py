@@ -1,9 +1,11 @@
 """The learning-rule interface and its registry.
 
-A learning rule is an ``nn.Module`` that wraps a :class:`~bioprop.models.Network` and owns
-everything the rule adds to it: fixed feedback weights (buffers), learned inverses
-(parameters), auxiliary outputs. Its ``state_dict`` therefore holds the whole learning state
-of a run, which is what checkpoints save and what data-parallel training replicates.
+A learning rule is an ``nn.Module`` that wraps a :class:`~bioprop.models.Network` (the feedback
+rules and DFA: any ``nn.Module``) as its submodule ``model`` and holds everything the rule adds to
+it: learned inverses and auxiliary weights on the rule; feedback weights on the model itself, where
+``bioprop.wrap`` puts them too (:mod:`bioprop.rules.wrapping`). Its ``state_dict`` therefore holds
+the whole learning state of a run, which is what checkpoints save and what data-parallel training
+replicates.
 
 The training loop talks to every rule through four methods and never branches on the rule; your
 own loop can do the same (``docs/own-loop.md``)::
@@ -28,10 +30,12 @@ own loop can do the same (``docs/own-loop.md``)::
   mini-batch and returns a :class:`StepResult`; the loop then steps the optimisers. Keeping
   "compute gradients" separate from "apply them" is what lets gradients be all-reduced across
   processes, compared with backprop's for alignment metrics, or clipped, for any rule;
-* ``forward(x)``: the network's output (logits) for evaluation. A backward pass through it is
-  *not* the rule's update for a rule built on a bioprop Network (today it gives backprop's
-  gradients there); only the feedback rules and DFA applied with ``bioprop.wrap`` (or to a plain
-  ``nn.Module``) change what autograd computes. The rule's update is ``compute_gradients``.
+* ``forward(x)``: the network's output (logits). A backward pass through it never trains as
+  backprop by accident: for the rules whose update autograd can compute (``trains_through_autograd``:
+  BP, the feedback rules, DFA, which wrap their model in place, :mod:`bioprop.rules.wrapping`) it *is*
+  the rule's update, equal to ``compute_gradients``'s; for the others (target propagation) it raises,
+  naming ``compute_gradients`` and ``passes()`` (:mod:`bioprop.rules.no_autograd`). Evaluation under
+  ``torch.no_grad()`` runs the plain model at full speed.
 * ``predict(x)``: the rule's inference, what evaluation scores: by default the network's forward pass
   (``self(x)``); a rule whose prediction is not one forward pass defines its own (Forward-Forward
   tries every label, equilibrium propagation relaxes to the free phase's fixed point). Evaluation
@@ -55,7 +59,9 @@ with a subclass decorated ``@register_rule("name")``. Everything else asks the c
   (e.g. ``("uniform", 0.01, 0.3)``) puts it in ``bioprop search``'s space;
 * ``preset_column``: for rules the paper did not run, the Table 5 column whose settings its
   presets borrow; ``label``: its name in tables;
-* ``tasks``: the tasks it can train (None: every task of :data:`bioprop.tasks.TASKS`).
+* ``tasks``: the tasks it can train (None: every task of :data:`bioprop.tasks.TASKS`);
+* ``trains_through_autograd``: whether ``loss(rule(x)).backward()`` is the rule's update (False by
+  default: a backward pass through ``rule(x)`` then raises instead of giving backprop's gradients).
 """
 
 from __future__ import annotations
@@ -72,13 +78,15 @@ from torch import nn
 from bioprop.checks import check_bool, check_choice, check_int, check_number, suggest
 from bioprop.errors import BiopropError
 from bioprop.models import Network
-from bioprop.nn import LocallyConnected2d
+from bioprop.nn.affine import FEEDBACK_LAYER_TYPES
 from bioprop.registry import Registry
+from bioprop.rules.no_autograd import refuse_backward
+from bioprop.rules.wrapping import wrapping_rule
 from bioprop.tasks import Task, as_task, task_of
 
 RULES: Registry = Registry("learning rule")
 #: the affine layer types: those the feedback rules wrap, and whose weights alignment metrics report
-AFFINE_LAYERS = (nn.Linear, nn.Conv2d, LocallyConnected2d)
+AFFINE_LAYERS = FEEDBACK_LAYER_TYPES
 
 
 def register_rule(name: str):
@@ -139,6 +147,12 @@ class LearningRule(nn.Module):
     tasks: ClassVar[tuple[str, ...] | None] = None
     #: the task set with ``rule.task = ...`` / ``create_rule(task=...)``; None: the model's
     _task: Task | None = None
+    #: whether a backward pass through ``rule(x)`` is the rule's update (else it raises)
+    trains_through_autograd: ClassVar[bool] = False
+    #: whether the rule may run on a model another rule wraps (``bp``: with that rule switched off)
+    runs_on_wrapped_model: ClassVar[bool] = False
+    #: True inside :meth:`true_backprop`
+    in_true_backprop: bool = False
 
     @dataclass
     class Options:
@@ -146,6 +160,11 @@ class LearningRule(nn.Module):
 
     def __init__(self, model: Network, options: "LearningRule.Options | None" = None, seed: int = 0):
         super().__init__()
+        holder = wrapping_rule(model)
+        if holder is not None and not self.runs_on_wrapped_model:
+            raise BiopropError(f"{type(model).__name__} is already wrapped by rule {holder.name!r}: rule "
+                               f"{self.name!r} needs a model of its own (bioprop.unwrap(model) first, or a copy made "
+                               f"before wrapping)")
         self.model = model
         self.options = options if options is not None else self.Options()
         self.seed = seed
@@ -207,7 +226,12 @@ class LearningRule(nn.Module):
 
     # -- the interface the training loop uses ------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        """The model's output. Unless the rule ``trains_through_autograd``, a backward pass through it
+        raises (outside :meth:`true_backprop`), naming ``compute_gradients``."""
+        output = self.model(x)
+        if self.trains_through_autograd or self.in_true_backprop or not torch.is_grad_enabled():
+            return output
+        return refuse_backward(output, self)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The rule's prediction for ``x``: logits of a classifier (or any scores whose argmax is the
@@ -272,8 +296,8 @@ class LearningRule(nn.Module):
         * Each call is one training step for the rule's own state (the batch counters that seed noise
           draws and diagnostics advance), and uses the modules' training mode (``rule.train()``).
 
-        This, not a backward pass through ``rule(x)``, is the rule's update: for a rule built on a
-        bioprop Network, ``loss(rule(x), y).backward()`` gives backprop's gradients today."""
+        For the rules that ``trains_through_autograd``, ``self.task.loss(rule(x), target).backward()``
+        gives the same gradients; for the others a backward pass through ``rule(x)`` raises."""
         raise NotImplementedError
 
     def set_data_parallel(self, rank: int, world_size: int) -> None:
@@ -304,17 +328,21 @@ class LearningRule(nn.Module):
 
     @contextmanager
     def true_backprop(self):
-        """Within this context, ``self.model(x)`` and autograd give backprop's exact gradients with the
-        current parameters. Rules that change the backward pass of the model's own layers (the
-        feedback-weight rules on a wrapped module) turn the change off here."""
-        yield
+        """Within this context, ``self.model(x)``, ``rule(x)`` and autograd give backprop's exact gradients
+        with the current parameters (alignment measurements use it). Rules that wrap their model (the
+        feedback-weight rules, DFA) turn their change off here; a graph built inside stays backprop's."""
+        previous, self.in_true_backprop = self.in_true_backprop, True
+        try:
+            yield
+        finally:
+            self.in_true_backprop = previous
 
     # -- any nn.Module ---------------------------------------------------------------------
     @classmethod
     def wrap(cls, module: nn.Module, seed: int = 0, **options) -> nn.Module:
-        """``bioprop.wrap(module, rule=NAME)``: ``module`` with its layers' backward passes replaced by
-        this rule's, everything else left to autograd. Rules that need bioprop's block structure
-        (target propagation) refuse, by name."""
+        """``bioprop.wrap(module, rule=NAME)``: ``module`` itself, wrapped in place so that autograd's
+        backward pass is this rule's (the rule: ``bioprop.rule_of(module)``). Rules that need bioprop's
+        block structure (target propagation) refuse, by name."""
         raise BiopropError(f"rule {cls.name!r} cannot wrap an arbitrary nn.Module: it needs a bioprop Network "
                            f"(a stack of blocks, e.g. --model mnist-fc); the rules that can: "
                            f"{', '.join(wrappable_rules()) or 'none'}")

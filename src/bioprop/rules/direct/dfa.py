@@ -18,38 +18,37 @@ the Glorot scale ``s_l = sqrt(6 / (outputs + units_l))``. Shifting the row windo
 keeps layers of equal width from sharing one feedback matrix. Memory grows with the largest
 layer only (after TinyDFA, Launay et al. 2020).
 
-Implementation: the graph is cut between blocks (each block sees a detached input), so a
-single backward call pushes the true gradient into the output block and ``B_l e`` into each
-hidden block's output; autograd then applies ``f'(a_l)`` and forms the local weight gradients.
+Implementation: the error is delivered at the outputs of named submodules, the *delivery points*
+(``deliver_at``; on a bioprop Network by default every hidden block, ``blocks.0`` .. ``blocks.{L-2}``).
+Forward hooks cut the graph at each (the computation above sees the output detached) and pass the
+model's output through an identity autograd function whose backward receives ``e = dL/dlogits`` of
+*whatever loss* is back-propagated and returns ``e`` to the layers above the last delivery point (their
+true gradient) and ``B_k e`` to delivery point k; autograd then applies ``f'(a_l)`` and forms the local
+weight gradients. Everything inside a segment (batch norm, pooling, skip connections within it) is
+ordinary autograd. So ``rule(x)``, ``model(x)`` and a backward pass through either are DFA's update,
+equal to :meth:`~DirectFeedbackAlignment.compute_gradients`.
 
-Any ``nn.Module`` (``bioprop.wrap(net, rule="dfa", deliver_at=["layer1", "layer2"])``, or the
-``deliver_at`` option with ``--model package.module:function``): the outputs of the named
-submodules (names as in ``named_modules()``, ordered as there) are the delivery points. Forward
-hooks cut the graph at each (the computation above sees the output detached) and pass the
-module's output through an identity autograd function whose backward receives
-``e = dL/dlogits`` of *whatever loss* is back-propagated and returns ``e`` to the layers above
-the last delivery point (their true gradient) and ``B_k e`` to delivery point k. Everything
-inside a segment (batch norm, pooling, skip connections within it) is ordinary autograd.
-``wrap`` returns the rule: an ``nn.Module`` whose ``forward`` is the module's (the hooks sit on the
-module itself, so calling it directly is DFA too), whose parameters are the module's and whose
-``state_dict`` adds ``feedback_matrix`` to the module's (``model.*``); ``.to()`` moves it. ``M`` is
-drawn from the seed at construction when the module declares ``input_shape`` (or ``example_input``
-is given to ``wrap``): one probe forward in eval mode; otherwise at the first forward with
-gradients, on the logits' device (``load_state_dict`` works before it). Window k belongs to the
-k-th delivery point in ``named_modules()`` order. Restrictions, refused by name: the output must
-be ``(N, classes)`` logits; every delivery point must run exactly once per forward and return a
-tensor; no tensor computed below a delivery point may be used above it (a skip connection
-crossing it, checked on the first forward: deliver at the whole residual block's output
-instead). Not checked: an in-place op directly on a delivery point's output (it shares storage
-with the cut copy; autograd may then raise). Forwards under ``torch.no_grad()`` and inside
-:meth:`true_backprop` are plain.
+The rule wraps its model in place, however applied (``create_rule("dfa", net)``, ``bioprop.wrap(net,
+rule="dfa", deliver_at=["layer1", "layer2"])``, or ``--model package.module:function`` with
+``--deliver-at``; :mod:`bioprop.rules.wrapping`): the hooks sit on the model, ``M`` is the model's
+buffer ``feedback_matrix`` (so ``model.to()``, ``model.state_dict()`` and deep copies carry it), and
+``wrap`` returns the model (the rule: ``bioprop.rule_of(model)``). ``M`` is drawn from the seed at
+construction for a Network, or when the module declares ``input_shape`` (or ``example_input`` is given
+to ``wrap``: one probe forward in eval mode); otherwise at the first forward with gradients, on the
+logits' device (``load_state_dict`` works before it). Window k belongs to the k-th delivery point in
+``named_modules()`` order. Restrictions, refused by name: the output must be ``(N, outputs)``; every
+delivery point must run exactly once per forward and return a tensor; no tensor computed below a
+delivery point may be used above it (a skip connection crossing it, checked on the first forward:
+deliver at the whole residual block's output instead). Not checked: an in-place op directly on a
+delivery point's output (it shares storage with the cut copy; autograd may then raise). Forwards under
+``torch.no_grad()``, inside :meth:`true_backprop`, and of a submodule called on its own (not within a
+forward of the model) are plain.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -59,6 +58,7 @@ from bioprop.checks import suggest
 from bioprop.errors import BiopropError
 from bioprop.models import Network
 from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options
+from bioprop.rules.wrapping import WrapsModel, keep_absent_entries, remove_tensor
 
 
 class _Deliver(torch.autograd.Function):
@@ -77,7 +77,9 @@ class _Deliver(torch.autograd.Function):
 
 
 @register_rule("dfa")
-class DirectFeedbackAlignment(LearningRule):
+class DirectFeedbackAlignment(WrapsModel, LearningRule):
+    trains_through_autograd = True
+
     @dataclass
     class Options:
         deliver_at: str = field(default="", metadata={"help": (
@@ -86,38 +88,52 @@ class DirectFeedbackAlignment(LearningRule):
 
     def __init__(self, model, options=None, seed=0, example_input=None):
         super().__init__(model, options, seed)
-        self.generic = not isinstance(model, Network) or bool(self.options.deliver_at.strip())
-        if not self.generic:
-            self.num_classes = model.output_units  # the rows of B_l: output units (classes of a classifier)
-            self.hidden_sizes = _hidden_sizes(model)
-            rows = self.num_classes + max(len(self.hidden_sizes) - 1, 0)
-            sample = torch.rand(rows, max(self.hidden_sizes, default=1), generator=self.layer_generator(0))
-            self.register_buffer("feedback_matrix", 2 * sample - 1)
-            return
         self.delivery_names = _delivery_names(model, self.options.deliver_at)
-        self.register_buffer("feedback_matrix", None)  # drawn once the shapes are known
-        self._register_load_state_dict_pre_hook(self._materialise)
-        self._bypass, self._checked, self._outputs = False, False, []
+        if hasattr(model, "feedback_matrix"):
+            raise BiopropError(f"dfa: {type(model).__name__} already has an attribute 'feedback_matrix', where the "
+                               f"rule keeps its feedback matrix")
+        self._checked, self._outputs, self._in_forward = False, [], False
+        self.attach_to_model()  # every check passed: from here on the model changes
+        model.register_buffer("feedback_matrix", None)  # drawn once the shapes are known
         modules = dict(model.named_modules())
         for index, name in enumerate(self.delivery_names):
-            modules[name].register_forward_hook(functools.partial(self._cut_hook, index))  # deepcopy-safe
-        model.register_forward_pre_hook(self._clear_hook)
-        model.register_forward_hook(self._output_hook)
+            self.keep_hook(modules[name].register_forward_hook(functools.partial(self._cut_hook, index)))
+        self.keep_hook(model.register_forward_pre_hook(self._enter_forward))  # bound methods: deepcopy-safe
+        self.keep_hook(model.register_forward_hook(self._output_hook))
+        self.keep_hook(model._register_load_state_dict_pre_hook(self._materialise))
+        self._register_load_state_dict_pre_hook(self._read_old_checkpoint)
+        if isinstance(model, Network) and not self.options.deliver_at.strip():
+            self.num_classes = model.output_units  # the rows of B_l: output units (classes of a classifier)
+            self.hidden_sizes = _hidden_sizes(model)
+            self._draw(model.layers[0].weight.device)
+            self._checked = True  # a stack of blocks: no skip connection crosses a block boundary
+            return
         if example_input is None and hasattr(model, "input_shape"):
             reference = next(model.parameters(), torch.empty(0))
             example_input = torch.zeros(2, *model.input_shape, dtype=reference.dtype, device=reference.device)
         if example_input is not None:
-            self._probe(example_input)
+            try:
+                self._probe(example_input)
+            except BaseException:  # a refused module is left as it was
+                self.unwrap()
+                raise
 
     @classmethod
-    def wrap(cls, module, seed=0, example_input=None, **options):
-        """The rule around ``module`` (``.model``); calling either gives logits whose backward is DFA's.
-        ``deliver_at`` may be a list of names or a comma-separated string."""
+    def wrap(cls, module, seed=0, strict=True, example_input=None, **options):
+        """``module`` itself, its forward now giving outputs whose backward is DFA's (the rule:
+        ``bioprop.rule_of(module)``). ``deliver_at`` may be a list of names or a comma-separated string;
+        ``strict`` is the feedback rules' (DFA replaces no layer)."""
         if not isinstance(options.get("deliver_at", ""), str):
             options["deliver_at"] = ",".join(options["deliver_at"])
-        return cls(module, rule_options(cls.name, **options), seed=seed, example_input=example_input)
+        cls(module, rule_options(cls.name, **options), seed=seed, example_input=example_input)
+        return module
 
     # -- the feedback matrices --------------------------------------------------------------
+    @property
+    def feedback_matrix(self) -> torch.Tensor | None:
+        """``M``, the model's buffer ``feedback_matrix`` (None until the shapes are known)."""
+        return self.model.feedback_matrix
+
     def feedback_weight(self, index: int) -> torch.Tensor:
         """``B_l`` (classes x units) for hidden layer ``index``, already scaled: a view plus a scale."""
         classes, units = self.num_classes, self.hidden_sizes[index]
@@ -129,33 +145,47 @@ class DirectFeedbackAlignment(LearningRule):
         window = self.feedback_matrix[index: index + classes, :units].to(error.dtype)
         return error.mm(window) * math.sqrt(6.0 / (classes + units))
 
+    def _draw(self, device) -> None:
+        """``M``, uniform in [-1, 1), from the rule's seed, for ``num_classes`` and ``hidden_sizes``."""
+        rows = self.num_classes + max(len(self.hidden_sizes) - 1, 0)
+        sample = torch.rand(rows, max(self.hidden_sizes, default=1), generator=self.layer_generator(0))
+        self.model.feedback_matrix = (2 * sample - 1).to(device)
+
     def _allocate(self, logits: torch.Tensor, hidden: list[torch.Tensor]) -> None:
         """Reads the shapes; draws ``M`` the first time, afterwards checks it fits them."""
         self.num_classes, self.hidden_sizes = logits.shape[1], [h[0].numel() for h in hidden]
         shape = (self.num_classes + len(hidden) - 1, max(self.hidden_sizes))
         if self.feedback_matrix is None:
-            sample = torch.rand(shape, generator=self.layer_generator(0))
-            self.feedback_matrix = (2 * sample - 1).to(logits.device)
+            self._draw(logits.device)
         elif tuple(self.feedback_matrix.shape) != shape:
             raise BiopropError(f"dfa: the feedback matrix is {tuple(self.feedback_matrix.shape)}, but this "
                                f"module's {self.num_classes} classes and delivery points of {self.hidden_sizes} "
                                f"units need {shape}")
 
     def _materialise(self, state_dict, prefix, *args):
+        """Load pre hook of the model: room for a stored ``M`` not drawn yet; a state_dict without one (a
+        plain model's) keeps the current ``M``."""
         stored = state_dict.get(prefix + "feedback_matrix")
         if self.feedback_matrix is None and stored is not None:
             device = next(self.model.parameters(), stored).device
-            self.feedback_matrix = torch.empty(stored.shape, dtype=stored.dtype, device=device)
+            self.model.feedback_matrix = torch.empty(stored.shape, dtype=stored.dtype, device=device)
+        keep_absent_entries(("feedback_matrix",), self.model, state_dict, prefix)
+
+    def _read_old_checkpoint(self, state_dict, prefix, *args) -> None:
+        """Load pre hook of the rule: before issue 17 the rule itself held ``feedback_matrix``."""
+        if prefix + "feedback_matrix" in state_dict:
+            state_dict[prefix + "model.feedback_matrix"] = state_dict.pop(prefix + "feedback_matrix")
+
+    def release_model(self) -> None:
+        remove_tensor(self.model, "feedback_matrix")
 
     # -- the hooks ------------------------------------------------------------------------
-    def _active(self) -> bool:
-        return self.generic and not self._bypass and torch.is_grad_enabled()
-
-    def _clear_hook(self, module, args):
+    def _enter_forward(self, module, args):
         self._outputs.clear()
+        self._in_forward = torch.is_grad_enabled() and not self.in_true_backprop
 
     def _cut_hook(self, index, module, args, output):
-        if not self._active():
+        if not self._in_forward:
             return None
         name = self.delivery_names[index]
         if not isinstance(output, torch.Tensor):
@@ -167,7 +197,8 @@ class DirectFeedbackAlignment(LearningRule):
         return output.detach()
 
     def _output_hook(self, module, args, logits):
-        if not self._active():
+        active, self._in_forward = self._in_forward, False
+        if not active or not self.delivery_names:  # no hidden block: the output layer's true gradient
             return None
         fired = dict(self._outputs)
         missing = [name for k, name in enumerate(self.delivery_names) if k not in fired]
@@ -220,37 +251,20 @@ class DirectFeedbackAlignment(LearningRule):
     # -- the interface ----------------------------------------------------------------------
     def compute_gradients(self, x, y, groups):
         target = self.task.target(x, y)
-        if self.generic:
-            logits = self.model(x)
-            loss = self.task.loss(logits, target)
-            loss.backward()
-            return StepResult(loss.detach(), logits.detach())
-        hidden = []
-        for block in self.model.blocks[:-1]:
-            x = block(x)
-            hidden.append(x)
-            x = x.detach()
-        logits = self.model.blocks[-1](x)
+        logits = self(x)
         loss = self.task.loss(logits, target)
-        (error,) = torch.autograd.grad(loss, logits, retain_graph=True)
-        signals = [self.project_error(error, i).view_as(h) for i, h in enumerate(hidden)]
-        torch.autograd.backward([loss, *hidden], [torch.ones_like(loss), *signals])
+        loss.backward()
         return StepResult(loss.detach(), logits.detach())
-
-    @contextmanager
-    def true_backprop(self):
-        previous, self._bypass = getattr(self, "_bypass", False), True
-        try:
-            yield
-        finally:
-            self._bypass = previous
 
 
 def _delivery_names(model: nn.Module, deliver_at: str) -> list[str]:
-    """The requested names, checked against ``model.named_modules()`` and put in its order."""
+    """The requested names, checked against ``model.named_modules()`` and put in its order; for a
+    Network without ``deliver_at``, every hidden block."""
     known = [name for name, _ in model.named_modules() if name]
     listing = ", ".join(known[:30]) + (f", ... ({len(known)} in all)" if len(known) > 30 else "")
     requested = [name.strip() for name in deliver_at.split(",") if name.strip()]
+    if not requested and isinstance(model, Network):
+        return [f"blocks.{index}" for index in range(len(model.blocks) - 1)]
     kind = type(model).__name__
     if not requested:
         raise BiopropError(f"dfa on a {kind} needs deliver_at: the submodules whose outputs receive the projected "

@@ -15,19 +15,21 @@ used by the layer's own transposed map (so the feedback has the forward layer's 
 from a generator seeded per layer (:meth:`LearningRule.layer_generator`), and stored as a buffer:
 it is saved in checkpoints, moves with ``.to(device)`` and never receives an update.
 
-The mechanism: every affine layer (``nn.Linear``, any ``nn.Conv2d``, ``LocallyConnected2d``) is a
-:class:`FeedbackSite`. While a site is *installed*, the layer's ``forward`` is replaced by
-:class:`FeedbackAffine`, whose backward sends the error through the site's feedback weight and,
-for rules that learn ``B`` (Kolen-Pollack, weight mirrors), returns ``B``'s gradient too; all else
-(activations, normalisation, pooling, skip connections) is left to autograd.
+The mechanism: every feedback layer of the model (``nn.Linear``, every convolution, ``LocallyConnected2d``:
+:mod:`bioprop.rules.feedback.coverage`, which refuses the layers it cannot cover by name) becomes a
+:class:`~bioprop.rules.feedback.sites.FeedbackSite`: its ``forward`` runs the layer's own kernel whose
+backward sends the error through ``B`` (:func:`bioprop.nn.feedback_layers.feedback_affine`, which
+follows autocast exactly as the layer does) and, for rules that learn ``B`` (Kolen-Pollack, weight
+mirrors), returns ``B``'s gradient too; all else (activations, normalisation, pooling, skip
+connections) is left to autograd.
 
-* On a :class:`~bioprop.models.Network` (``create_rule("fa", net)``) the feedback weights belong
-  to the rule (``feedback_0`` .. ``feedback_{L-1}``) and the sites are installed only during
-  :meth:`compute_gradients`, so the network itself is never changed (several rules may share it).
-* On any other ``nn.Module`` (``bioprop.wrap(module, rule="fa")``, or a user's model named by
-  ``--model package.module:function``) the sites are installed in place for good and each layer
-  holds its own ``feedback_weight`` (buffer, or parameter for rules that learn it), so the module's
-  ``state_dict`` and ``.to()`` carry it; :meth:`true_backprop` switches the sites off for a while.
+The rule wraps its model in place, however it is applied (``create_rule("fa", net)`` on a bioprop
+Network, ``bioprop.wrap(module, rule="fa")`` or ``--model package.module:function`` on any module;
+:mod:`bioprop.rules.wrapping`): each layer holds its own ``feedback_weight`` (a buffer, or a parameter
+for rules that learn it), so ``model.parameters()``, ``model.state_dict()``, ``.to()`` and deep copies
+carry it, and the rule is the model's ``bioprop_rule``. ``rule(x)``, ``model(x)`` and a backward pass
+through either are the rule's update, equal to :meth:`compute_gradients`; :meth:`true_backprop` switches
+the sites off for a while, ``bioprop.unwrap`` for good.
 
 Subclasses change :meth:`FeedbackAlignment.initial_feedback` and :meth:`feedback_weight` (sign
 symmetry), or let ``B`` learn through :meth:`feedback_gradient` (Kolen-Pollack, weight mirrors).
@@ -36,8 +38,7 @@ symmetry), or let ``B`` learn through :meth:`feedback_gradient` (Kolen-Pollack, 
 from __future__ import annotations
 
 import math
-import types
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, ClassVar
@@ -48,32 +49,12 @@ from torch import nn
 from bioprop.checks import check_number
 from bioprop.errors import BiopropError
 from bioprop.models import Network
-from bioprop.nn.affine import AffineOps, affine_ops
-from bioprop.rules.base import AFFINE_LAYERS, LearningRule, StepResult, register_rule, rule_options
-
-
-
-class FeedbackAffine(torch.autograd.Function):
-    """``a = W x + b`` whose backward sends the error through ``feedback_weight`` instead of ``W``.
-
-    ``feedback_gradient(x, grad_weight)``, when given and ``feedback_weight`` requires a gradient,
-    returns ``B``'s gradient (Kolen-Pollack: ``W``'s own; weight mirrors: the mirror step's)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, feedback_weight, ops: AffineOps, feedback_gradient: Callable | None = None):
-        ctx.ops, ctx.feedback_gradient = ops, feedback_gradient
-        ctx.save_for_backward(x, feedback_weight, bias)
-        return ops.add_bias(ops.forward(x, weight), bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, feedback_weight, bias = ctx.saved_tensors
-        grad_x = ctx.ops.input_grad(grad, feedback_weight, x.shape) if ctx.needs_input_grad[0] else None
-        grad_weight, grad_bias = ctx.ops.parameter_grads(x, grad, bias)
-        grad_feedback = None
-        if ctx.needs_input_grad[3] and ctx.feedback_gradient is not None:
-            grad_feedback = ctx.feedback_gradient(x, grad_weight)
-        return grad_x, grad_weight, grad_bias, grad_feedback, None, None
+from bioprop.nn.affine import AffineOps
+from bioprop.nn.feedback_layers import feedback_affine
+from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options
+from bioprop.rules.feedback.coverage import FEEDBACK_LAYERS_TEXT, SUPPORTED, layer_coverage
+from bioprop.rules.feedback.sites import FeedbackSite, is_feedback_site
+from bioprop.rules.wrapping import WrapsModel, remove_tensor, state_dict_hook_registrars
 
 
 def glorot_uniform_like(weight: torch.Tensor, ops: AffineOps, generator: torch.Generator) -> torch.Tensor:
@@ -106,85 +87,54 @@ class FeedbackInitOptions:
                 "it scales layer l's update by feedback_scale^(layers above l)"})
 
 
-class FeedbackSite:
-    """One affine layer whose backward pass goes through a feedback weight: the layer, its name
-    (``layer1`` .. for a Network, the module name otherwise), its primitives, and where its stored
-    feedback tensor lives (``holder.key``; ``key`` is None for rules that compute ``B`` from ``W``)."""
-
-    def __init__(self, rule: "FeedbackAlignment", name: str, index: int, layer: nn.Module, holder: nn.Module,
-                 key: str | None):
-        self.rule, self.name, self.index, self.layer = rule, name, index, layer
-        self.ops = affine_ops(layer)
-        self.holder, self.key = holder, key
-        self.enabled = True  # False within ``true_backprop()``
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.layer.weight
-
-    @property
-    def stored(self) -> torch.Tensor | None:
-        return getattr(self.holder, self.key) if self.key is not None else None
-
-    def install(self) -> None:
-        if "_feedback_site" in self.layer.__dict__:
-            raise BiopropError(f"layer {self.name!r} ({type(self.layer).__name__}) is already wrapped by a "
-                               f"feedback rule")
-        self.layer.__dict__["_feedback_site"] = self
-        self.layer.__dict__["forward"] = types.MethodType(_site_forward, self.layer)
-
-    def uninstall(self) -> None:
-        self.layer.__dict__.pop("_feedback_site", None)
-        self.layer.__dict__.pop("forward", None)
-
-
-def _site_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The forward of an installed layer (a bound method, so a deep copy of the module stays wired)."""
-    site = layer.__dict__["_feedback_site"]
-    if not site.enabled:
-        return type(layer).forward(layer, x)
-    return site.rule.site_forward(site, x)
-
-
 @register_rule("fa")
-class FeedbackAlignment(LearningRule):
+class FeedbackAlignment(WrapsModel, LearningRule):
     """Feedback alignment: ``delta_l = (B_{l+1}^T delta_{l+1}) * f'(a_l)`` with a fixed random ``B``
     (Lillicrap et al. 2016), drawn Glorot-uniform per layer."""
 
     Options = FeedbackInitOptions
     #: whether ``B`` is an ``nn.Parameter`` (group "feedback") rather than a fixed buffer
     feedback_trainable: ClassVar[bool] = False
+    trains_through_autograd = True
 
-    def __init__(self, model: nn.Module, options=None, seed: int = 0, in_place: bool | None = None):
+    def __init__(self, model: nn.Module, options=None, seed: int = 0, strict: bool = True):
         super().__init__(model, options, seed)
-        #: in place: sites installed for good, feedback tensors held by the layers (any nn.Module)
-        self.in_place = not isinstance(model, Network) if in_place is None else in_place
-        self.feedback_step = 0  # mini-batches seen: seeds per-batch draws (brsf, mirror noise)
+        self.feedback_step = 0  # training mini-batches seen: seeds per-batch draws (brsf, mirror noise)
         self.feedback_learning = True  # whether B's gradient is computed ("feedback" in the groups)
-        self.sites: list[FeedbackSite] = []
-        for index, (name, layer) in enumerate(self._affine_layers(model)):
-            holder, key = (layer, "feedback_weight") if self.in_place else (self, f"feedback_{index}")
-            site = FeedbackSite(self, name, index, layer, holder, key)
-            stored = self.initial_feedback(site)
-            if stored is None:
-                site.key = None
-            elif self.feedback_trainable:
-                holder.register_parameter(key, nn.Parameter(stored))
-            else:
-                holder.register_buffer(key, stored)
-            self.sites.append(site)
-        if self.in_place:
-            for site in self.sites:
-                site.install()
+        layers = self._feedback_layers(model, strict)
+        for name, _, layer in layers:
+            if is_feedback_site(layer) or hasattr(layer, "feedback_weight"):
+                raise BiopropError(f"layer {name!r} ({type(layer).__name__}) is already wrapped by a feedback rule")
+        self.sites = [FeedbackSite(self, name, path, index, layer) for index, (name, path, layer) in enumerate(layers)]
+        initial = [self.initial_feedback(site) for site in self.sites]
+        self.attach_to_model()  # every check passed: from here on the model changes
+        for site, stored in zip(self.sites, initial):
+            if stored is not None:
+                self.add_tensor(site.layer, "feedback_weight", stored, parameter=self.feedback_trainable)
+                site.stores = True
+            site.install()
+        self.keep_hook(model.register_forward_pre_hook(self.count_batch))  # bound methods: deep copies stay wired
+        if isinstance(self, CountsBatches):
+            self.add_counter_hooks()
+        self._register_load_state_dict_pre_hook(self._read_old_checkpoint)
 
-    def _affine_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    def _feedback_layers(self, model: nn.Module, strict: bool) -> list[tuple[str, str, nn.Module]]:
+        """``(name, path in the model, layer)`` of every layer the error goes back through by ``B``."""
         if isinstance(model, Network):
-            return [(f"layer{index + 1}", layer) for index, layer in enumerate(model.layers)]
-        layers = [(name, module) for name, module in model.named_modules() if isinstance(module, AFFINE_LAYERS)]
-        if not layers:
-            raise BiopropError(f"rule {self.name!r}: {type(model).__name__} has no nn.Linear, nn.Conv2d or "
-                               f"LocallyConnected2d layer whose backward pass it could replace")
-        return layers
+            paths = {id(module): path for path, module in model.named_modules()}
+            return [(f"layer{index + 1}", paths[id(layer)], layer) for index, layer in enumerate(model.layers)]
+        coverage = layer_coverage(model)
+        if coverage.refused:
+            text = (f"rule {self.name!r} cannot send the error through a feedback weight in these layers of "
+                    f"{type(model).__name__}, which would train by backprop: {coverage.describe_refused()}. "
+                    f"It covers {SUPPORTED}")
+            if strict:
+                raise BiopropError(text + "; bioprop.wrap(..., strict=False) keeps them on backprop, with a warning")
+            warnings.warn(text + " (strict=False: they train by backprop)", stacklevel=4)
+        if not coverage.feedback:
+            raise BiopropError(f"rule {self.name!r}: {type(model).__name__} has no layer whose backward pass it "
+                               f"could replace (none of {FEEDBACK_LAYERS_TEXT})")
+        return [(name, name, layer) for name, layer in coverage.feedback]
 
     # -- what subclasses change ---------------------------------------------------------------
     @classmethod
@@ -211,46 +161,32 @@ class FeedbackAlignment(LearningRule):
         return None
 
     # -- the forward pass of an installed layer -------------------------------------------------
-    def site_forward(self, site: FeedbackSite, x: torch.Tensor) -> torch.Tensor:
-        flat_shape = x.shape if isinstance(site.layer, nn.Linear) and x.dim() != 2 else None
-        if flat_shape is not None:  # nn.Linear on (..., features): fold the leading dimensions
-            x = x.reshape(-1, flat_shape[-1])
+    def site_forward(self, site: FeedbackSite, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        ops = site.ops.for_call(x, *args, **kwargs)
         gradient = self.feedback_gradient(site) if self.feedback_learning else None
-        out = FeedbackAffine.apply(site.ops.prepare(x), site.layer.weight, site.layer.bias,
-                                   self.feedback_weight(site), site.ops, gradient)
-        return out if flat_shape is None else out.reshape(*flat_shape[:-1], out.shape[-1])
+        return feedback_affine(ops, ops.prepare(x), site.layer.weight, site.layer.bias, self.feedback_weight(site),
+                               gradient)
 
-    @contextmanager
-    def feedback_installed(self):
-        """Within this context the model's layers back-propagate through their feedback weights."""
-        if self.in_place:
-            yield
-            return
-        for site in self.sites:
-            site.install()
-        try:
-            yield
-        finally:
-            for site in self.sites:
-                site.uninstall()
+    def count_batch(self, module: nn.Module, inputs) -> None:
+        """Forward pre-hook of the model: one more training mini-batch (training mode, gradients on)."""
+        if module.training and torch.is_grad_enabled() and not self.in_true_backprop:
+            self.feedback_step += 1
 
     # -- the interface the training loop uses -------------------------------------------------
     def parameter_groups(self):
         groups = {"forward": list(self.model.parameters())}
         if "feedback" in self.groups:
-            feedback = [site.stored for site in self.sites if site.key is not None]
+            feedback = [site.stored for site in self.sites if site.stores]
             known = {id(p) for p in feedback}
             groups = {"forward": [p for p in groups["forward"] if id(p) not in known], "feedback": feedback}
         return groups
 
     def compute_gradients(self, x, y, groups):
-        self.feedback_step += 1
         self.feedback_learning = "feedback" in groups
         try:
-            with self.feedback_installed():
-                logits = self.model(x)
-                loss = self.task.loss(logits, self.task.target(x, y))
-                loss.backward()
+            logits = self(x)
+            loss = self.task.loss(logits, self.task.target(x, y))
+            loss.backward()
         finally:
             self.feedback_learning = True
         return StepResult(loss.detach(), logits.detach())
@@ -263,70 +199,58 @@ class FeedbackAlignment(LearningRule):
         with torch.no_grad():
             return {site.name: (site.weight, self.feedback_weight(site).detach()) for site in self.sites}
 
-    @contextmanager
-    def true_backprop(self):
-        previous = [site.enabled for site in self.sites]
-        for site in self.sites:
-            site.enabled = False
-        try:
-            yield
-        finally:
-            for site, enabled in zip(self.sites, previous):
-                site.enabled = enabled
-
-    # -- any nn.Module ----------------------------------------------------------------------------
+    # -- wrapping ---------------------------------------------------------------------------------
     @classmethod
-    def wrap(cls, module: nn.Module, seed: int = 0, **options) -> nn.Module:
-        """``module`` itself, each affine layer now back-propagating through its feedback weight (a
-        ``feedback_weight`` buffer or parameter on the layer). The rule is ``module.bioprop_rule``;
-        its batch counter advances on every forward call in training mode with gradients enabled."""
-        if not isinstance(module, nn.Module):
-            raise BiopropError(f"rule {cls.name!r}: bioprop.wrap needs an nn.Module, got {type(module).__name__}")
-        rule = cls(module, rule_options(cls.name, **options), seed=seed, in_place=True)
-        module.__dict__["bioprop_rule"] = rule  # not a submodule: the module's state_dict stays its own
-        module.register_forward_pre_hook(rule.count_batch)  # bound methods: deep copies stay wired
-        if isinstance(rule, CountsBatches):  # the draw counter and seed travel in the module's state_dict
-            add_state_dict_hook, add_load_hook = state_dict_hook_registrars(module)
-            add_state_dict_hook(partial(CountsBatches.save_counter, rule))
-            add_load_hook(partial(CountsBatches.load_counter, rule))
+    def wrap(cls, module: nn.Module, seed: int = 0, strict: bool = True, **options) -> nn.Module:
+        """``module`` itself, each feedback layer now back-propagating through its feedback weight (a
+        ``feedback_weight`` buffer or parameter on the layer); the rule is ``bioprop.rule_of(module)``. A
+        layer with parameters that the rule cannot cover is refused by name, or with ``strict=False``
+        left on backprop with a warning."""
+        cls(module, rule_options(cls.name, **options), seed=seed, strict=strict)
         return module
 
-    def count_batch(self, module: nn.Module, inputs) -> None:
-        """Forward pre-hook of a wrapped module: one more training mini-batch."""
-        if module.training and torch.is_grad_enabled():
-            self.feedback_step += 1
+    def release_model(self) -> None:
+        for site in self.sites:
+            site.uninstall()
+            if site.stores:
+                remove_tensor(site.layer, "feedback_weight")
+                site.stores = False
+
+    def _read_old_checkpoint(self, state_dict, prefix, *args) -> None:
+        """Load pre hook of the rule: checkpoints written before the layout was one (issue 17) held a
+        Network's feedback weights on the rule as ``feedback_<index>``, and brsf's and wm's batch counter
+        as the rule's ``_extra_state``; both move to where they live now."""
+        for site in self.sites:
+            old = f"{prefix}feedback_{site.index}"
+            if old in state_dict:
+                state_dict[f"{prefix}model.{site.key}"] = state_dict.pop(old)
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict) and "feedback_step" in extra:
+            state_dict[f"{prefix}model.{CountsBatches.state_key}"] = state_dict.pop(prefix + "_extra_state")
 
 
 class CountsBatches:
-    """Mixin: what seeds the per-batch draws, the seed and the batch counter, is saved with the rule's
-    ``state_dict`` (``_extra_state``), so a resumed run draws what the uninterrupted run would have."""
+    """Mixin: what seeds the per-batch draws, the seed and the training batch counter, travels in the
+    model's ``state_dict`` as ``bioprop_feedback_state`` (int64 ``[batches, seed]``), so a resumed run
+    draws what the uninterrupted run would have. A ``state_dict`` without it leaves both as they are."""
 
-    def get_extra_state(self):
-        return {"feedback_step": self.feedback_step, "seed": self.seed}
+    #: the key of that state in the model's ``state_dict``
+    state_key = "bioprop_feedback_state"
 
-    def set_extra_state(self, state):
-        self.feedback_step = int(state["feedback_step"])
-        self.seed = int(state.get("seed", self.seed))
+    def add_counter_hooks(self) -> None:
+        save, load = state_dict_hook_registrars(self.model)  # partials: the public API marks its hooks
+        self.keep_hook(save(partial(CountsBatches._save_counter, self)))
+        self.keep_hook(load(partial(CountsBatches._load_counter, self)))
 
-    #: the key of that state in a wrapped module's ``state_dict``
-    wrapped_state_key = "bioprop_feedback_state"
+    def _save_counter(self, module, state_dict, prefix, local_metadata):
+        state_dict[prefix + self.state_key] = torch.tensor([self.feedback_step, self.seed], dtype=torch.int64)
 
-    def save_counter(self, module, state_dict, prefix, local_metadata):
-        state_dict[prefix + self.wrapped_state_key] = self.get_extra_state()
-
-    def load_counter(self, module, state_dict, prefix, *args):
-        state = state_dict.pop(prefix + self.wrapped_state_key, None)
+    def _load_counter(self, module, state_dict, prefix, *args):
+        state = state_dict.pop(prefix + self.state_key, None)
+        if isinstance(state, dict):  # written by bioprop before the counter became a tensor
+            state = (state["feedback_step"], state.get("seed", self.seed))
         if state is not None:
-            self.set_extra_state(state)
-
-
-def state_dict_hook_registrars(module: nn.Module):
-    """``module``'s registrars of a state-dict post hook ``hook(module, state_dict, prefix, metadata)``
-    and a load pre hook ``hook(module, state_dict, prefix, ...)``: public from torch 2.5, private (the
-    same hooks) in torch 2.4."""
-    if hasattr(module, "register_state_dict_post_hook"):
-        return module.register_state_dict_post_hook, module.register_load_state_dict_pre_hook
-    return module._register_state_dict_hook, partial(module._register_load_state_dict_pre_hook, with_module=True)
+            self.feedback_step, self.seed = (int(value) for value in state)
 
 
 def mixed_seed(base: int, *values: int) -> int:
