@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+import bioprop
+
 from bioprop.errors import BiopropError
 from bioprop.models import create_model
 from bioprop.rules import RULES, create_rule
@@ -90,17 +92,15 @@ def _feedback(rule):
 
 @pytest.mark.parametrize("rule_name", ["fa", "kp", "wm", "frsf"])
 def test_feedback_scale_multiplies_the_same_draw(rule_name):
-    model = create_model("mnist-fc")
-    plain = _feedback(create_rule(rule_name, model, seed=4))
-    scaled = _feedback(create_rule(rule_name, model, seed=4, feedback_scale=2.5))
+    plain = _feedback(create_rule(rule_name, create_model("mnist-fc"), seed=4))  # a model wraps one rule
+    scaled = _feedback(create_rule(rule_name, create_model("mnist-fc"), seed=4, feedback_scale=2.5))
     for b, b_scaled in zip(plain, scaled):
         torch.testing.assert_close(b_scaled, 2.5 * b)
 
 
 def test_glorot_normal_feedback_has_glorot_variance():
-    model = create_model("mnist-fc")
-    rule = create_rule("fa", model, seed=0, feedback_init="glorot-normal")
-    uniform = create_rule("fa", model, seed=0)
+    rule = create_rule("fa", create_model("mnist-fc"), seed=0, feedback_init="glorot-normal")
+    uniform = create_rule("fa", create_model("mnist-fc"), seed=0)
     for site, other in zip(rule.sites, uniform.sites):
         fan_in, fan_out = site.ops.fans()
         expected = math.sqrt(2.0 / (fan_in + fan_out))
@@ -119,6 +119,7 @@ def test_feedback_scale_under_fa_scales_each_layers_update_by_its_power():
         rule = create_rule("fa", model, seed=7, feedback_scale=scale)
         rule.compute_gradients(x, y, rule.groups)
         gradients.append([layer.weight.grad.clone() for layer in model.layers])
+        bioprop.unwrap(model)  # a model wraps one rule at a time
     layers = len(model.layers)
     for index, (plain, scaled) in enumerate(zip(*gradients)):
         torch.testing.assert_close(scaled, plain * 2.0 ** (layers - 1 - index), rtol=1e-5, atol=1e-9)
