@@ -10,6 +10,11 @@
                        (TP, DTP, SDTP, AO-SDTP, DRL, L-DRL, the BP/DTP hybrid)
 ``forward_only/``      no backward pass through the network: forward gradients (FG), PEPITA,
                        DRTP, Forward-Forward (FF)
+``predictive_coding/`` inference on the layers' prediction errors, then local Hebbian updates
+                       (PC, standard and fixed-prediction)
+``equilibrium/``       equilibrium propagation: free and nudged relaxations of an energy, updates
+                       from their difference (EP)
+``layered.py``         the blocks' maps both ways, for the last two
 =====================  ================================================================
 
 Importing this package imports every module under it, and each module registers its rules
