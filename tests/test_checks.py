@@ -48,7 +48,7 @@ def test_names_containing_the_text_come_after_those_starting_with_it():
     ("ao", RULES.names(), ["ao-sdtp"]),
     ("l-dr", RULES.names(), ["l-drl"]),
     ("FA", RULES.names(), ["fa"]),
-    ("dtpp", RULES.names(), ["dtp", "sdtp", "tp"]),
+    ("dtpp", RULES.names(), ["dtp", "sdtp", "drtp"]),
     ("imagenet", MODELS.names(), ["imagenet-lc", "imagenet-conv"]),
     ("mnist_fc", MODELS.names(), ["mnist-fc"]),
     ("cifar", DATASETS.names(), ["cifar10"]),
