@@ -154,7 +154,7 @@ def test_rules_beyond_the_paper_get_presets_on_every_network_from_their_column()
     from bioprop.presets import beyond
 
     rules = beyond.rules_beyond()
-    assert {"usf", "brsf", "frsf", "kp", "wm", "drl", "l-drl", "hybrid"} <= set(rules)
+    assert {"usf", "brsf", "frsf", "kp", "wm", "drl", "l-drl", "hybrid", "pc", "pc-fixed", "ep", "fg", "pepita", "drtp", "ff"} <= set(rules)
     assert len(select_presets(["beyond"])) == len(rules) * len(beyond.NETWORKS)
     kp, fa = get_preset("mnist-fc-kp").config(), get_preset("mnist-fc-fa").config()
     assert kp.rule == "kp" and kp.optimizers == fa.optimizers  # FA's Table 5 column
@@ -181,3 +181,31 @@ def test_the_studys_conventions_reach_every_paper_tp_cell_and_no_other():
     assert tp_cells >= 6 * 4 + 3  # MNIST, Fashion-MNIST, CIFAR-10 (FC and LC) and ImageNet TP cells
     assert get_preset("mnist-fc-sdtp-alternating").config().rule_options["forward_reduction"] == "element-mean"
     assert get_preset("mnist-fc-sdtp-parallel").config().rule_options["forward_reduction"] == "unit-sum"
+
+
+def test_a_rules_preset_settings_go_over_its_column_and_nowhere_else():
+    """``preset_settings`` (a searched learning rate, a rule option) reach every preset of that rule,
+    on top of the column's other settings; the column's own rule keeps the column's."""
+    from bioprop.presets import beyond
+
+    with_settings = [name for name in beyond.rules_beyond() if RULES.get(name).preset_settings]
+    assert {"pc", "ep", "fg", "pepita", "drtp", "ff"} <= set(with_settings)
+    for rule in with_settings:
+        settings = RULES.get(rule).preset_settings
+        for dataset, arch in beyond.NETWORKS:
+            prefix = paper.PRESET_PREFIX[dataset]
+            config = get_preset(f"{prefix}-{arch}-{rule}").config()
+            forward = config.optimizers["forward"]
+            fa = get_preset(f"{prefix}-{arch}-fa").config().optimizers["forward"]
+            for key, value in settings.items():
+                assert config.rule_options.get(key, getattr(forward, key, None)) == value, (rule, key)
+            assert forward.eps == fa.eps and forward.beta1 == fa.beta1  # the rest is FA's column
+    assert get_preset("mnist-fc-fa").config().optimizers["forward"].lr == 0.000168
+
+
+def test_preset_settings_naming_nothing_the_rule_has_is_refused(monkeypatch):
+    from bioprop.presets import beyond
+
+    monkeypatch.setattr(RULES.get("kp"), "preset_settings", {"lrr": 1e-3})
+    with pytest.raises(ValueError, match="rule 'kp': preset_settings names 'lrr'"):
+        beyond.config("mnist", "fc", "kp")

@@ -58,7 +58,8 @@ with a subclass decorated ``@register_rule("name")``. Everything else asks the c
 * ``Options``: a dataclass whose fields become ``--flags``; a field's ``metadata["search"]``
   (e.g. ``("uniform", 0.01, 0.3)``) puts it in ``bioprop search``'s space;
 * ``preset_column``: for rules the paper did not run, the Table 5 column whose settings its
-  presets borrow; ``label``: its name in tables;
+  presets borrow, and ``preset_settings`` what they set otherwise (a searched learning rate);
+  ``label``: its name in tables;
 * ``tasks``: the tasks it can train (None: every task of :data:`bioprop.tasks.TASKS`);
 * ``trains_through_autograd``: whether ``loss(rule(x)).backward()`` is the rule's update (False by
   default: a backward pass through ``rule(x)`` then raises instead of giving backprop's gradients).
@@ -143,6 +144,9 @@ class LearningRule(nn.Module):
     group_defaults: ClassVar[dict[str, str]] = {}
     #: rules beyond the paper: the Table 5 column (``"fa"``, ``"dtp-parallel"``) their presets borrow
     preset_column: ClassVar[str | None] = None
+    #: settings of those presets over the column's: ``forward`` optimiser fields (``"lr"``) and rule
+    #: options, e.g. ``{"lr": 1e-3}`` where the rule's own search chose them (say where, in a comment)
+    preset_settings: ClassVar[dict[str, object]] = {}
     #: the tasks (:mod:`bioprop.tasks`) the rule can train; None: every task
     tasks: ClassVar[tuple[str, ...] | None] = None
     #: the task set with ``rule.task = ...`` / ``create_rule(task=...)``; None: the model's

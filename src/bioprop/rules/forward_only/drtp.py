@@ -35,6 +35,10 @@ class DirectRandomTargetProjection(LearningRule):
     """DRTP (Frenkel et al. 2021): delta_l = (B_l y*) * f'(a_l) for hidden layers, the true gradient at the output."""
 
     label = "DRTP"
+    preset_column = "fa"
+    # Adam's lr chosen among 3e-4, 1e-3, 3e-3 on the validation error after one epoch of MNIST-FC (seed 0;
+    # docs/results/beyond-families/README.md)
+    preset_settings = {"lr": 3e-3}
     tasks = ("classification",)
 
     def __init__(self, model, options=None, seed=0):

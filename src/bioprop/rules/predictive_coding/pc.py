@@ -93,6 +93,9 @@ class PredictiveCoding(LayeredRule):
 
     label = "PC"
     preset_column = "fa"
+    # Adam's lr chosen among 3e-4, 1e-3, 3e-3 on the validation error after one epoch of MNIST-FC (seed 0;
+    # docs/results/beyond-families/README.md)
+    preset_settings = {"lr": 1e-3}
     Options = PredictiveCodingOptions
     #: hold predictions, their derivatives and the layers' inputs at the forward pass (pc-fixed)
     fixed_prediction: ClassVar[bool] = False
@@ -216,6 +219,8 @@ class FixedPredictionPC(PredictiveCoding):
     (f'_{l+1} * eps_{l+1})``. With eta = 1 and T >= L - 1 its update equals backprop's gradient."""
 
     label = "PC-fixed"
+    # backprop's gradients: backprop's learning rate from the same search as pc's
+    preset_settings = {"lr": 1e-3}
     Options = FixedPredictionOptions
     fixed_prediction = True
 
