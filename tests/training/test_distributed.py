@@ -95,8 +95,8 @@ def test_two_processes_at_half_batch_equal_one_process_for_every_rule_and_schedu
 def test_a_two_process_run_resumes_exactly_and_only_rank_0_writes(shared_data, tmp_path):
     out = str(tmp_path / "run")
     first = run_parallel(shared_data, {"a": ("dtp", {"schedule": "alternating"}, 1, out, False)})
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl",
-                                                                     "results.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "checkpoint.pt", "config.json",
+                                                                     "metrics.jsonl", "results.json"]
     resumed = run_parallel(shared_data, {"b": ("dtp", {"schedule": "alternating"}, 2, out, True)})
     assert len(first["a"][1]) == 1
     straight = run_parallel(shared_data, {"c": ("dtp", {"schedule": "alternating"}, 2, None, False)})

@@ -4,10 +4,17 @@
 (everything needed to continue exactly), ``out/metrics.jsonl`` (a row per epoch) and
 ``out/results.json`` (the summary). Every file is written atomically
 (:mod:`bioprop.training.checkpoint`); only process 0 of a data-parallel job writes.
+
+While a process trains the run it holds an exclusive lock on ``out/.lock`` (``flock``, released when
+the process ends, however it ends): a second process on the same folder (two shells, two
+``bioprop reproduce`` on one runs folder) is refused by name instead of overwriting the first one's
+checkpoint and metrics.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from bioprop.errors import BiopropError
@@ -17,6 +24,7 @@ from bioprop.training.config import TrainConfig
 from bioprop.training.results import summarize
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"
 
 #: settings a resumed run may change: none changes the parameters
 _UNCOMPARED = ("epochs", "device", "checkpoint_every", "alignment_every")
@@ -28,6 +36,37 @@ class RunFolder:
     def __init__(self, out: str | Path | None, is_main: bool = True):
         self.path = Path(out) if out is not None else None
         self.is_main = is_main
+        self._lock = None  # the open lock file while this process holds it
+
+    def claim(self) -> None:
+        """Holds the folder's lock (see the module's docstring) until :meth:`release`, or refuses with
+        a :class:`~bioprop.errors.BiopropError` naming the process that holds it."""
+        if not self.writes or self._lock is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise BiopropError(f"{self.path} is being trained by another process{f' ({holder})' if holder else ''}: "
+                               f"wait for it to finish, or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
 
     @property
     def writes(self) -> bool:
@@ -46,6 +85,7 @@ class RunFolder:
             return None
         if self.path.exists() and not self.path.is_dir():
             raise BiopropError(f"--out {self.path} is a file; expected a run folder (new or existing)")
+        self.claim()  # before anything is read or removed: another process may be writing here
         if self.path.is_dir() and self.is_main:
             remove_stale_temporaries(self.path)  # of a process killed while writing
         if not self.checkpoint.exists():

@@ -140,21 +140,25 @@ class Trainer:
         self.checkpoint_every = parse_checkpoint_every(config.checkpoint_every)
         self.folder = RunFolder(out, self.parallel.is_main)
         self.out = self.folder.path
-        checkpoint = self.folder.find_checkpoint(resume, config, log)
-        self._build(data)
-        shown = progress_callback(progress, every_seconds=progress_every)
-        self.callbacks = CallbackList([*([shown] if shown else []), *callbacks,
-                                       *([EpochFunction(on_epoch)] if on_epoch is not None else [])])
-        self.stop = StopRequests()
-        self.metrics: list[dict] = []
-        # the position to start from: epoch, pass, the rows of the epoch's finished passes, the
-        # running state of the unfinished one
-        self.start_epoch, self.start_pass = 0, 0
-        self.pass_rows: list[dict] = []
-        self.pass_state = PassState()
-        if checkpoint is not None:
-            self._restore(checkpoint)
-            self._say_where_resumed()
+        try:
+            checkpoint = self.folder.find_checkpoint(resume, config, log)  # holds the folder's lock
+            self._build(data)
+            shown = progress_callback(progress, every_seconds=progress_every)
+            self.callbacks = CallbackList([*([shown] if shown else []), *callbacks,
+                                           *([EpochFunction(on_epoch)] if on_epoch is not None else [])])
+            self.stop = StopRequests()
+            self.metrics: list[dict] = []
+            # the position to start from: epoch, pass, the rows of the epoch's finished passes, the
+            # running state of the unfinished one
+            self.start_epoch, self.start_pass = 0, 0
+            self.pass_rows: list[dict] = []
+            self.pass_state = PassState()
+            if checkpoint is not None:
+                self._restore(checkpoint)
+                self._say_where_resumed()
+        except BaseException:  # a refused run leaves the folder free (the traceback keeps self alive)
+            self.folder.release()
+            raise
 
     # -- set-up ---------------------------------------------------------------------------
     def _build(self, data: DataBundle | None) -> None:
@@ -289,6 +293,7 @@ class Trainer:
         :class:`~bioprop.training.interrupt.TrainingInterrupted` (its message says how to resume)."""
         run_config = {**self.config.to_dict(), "normalization": self.data.normalization,
                       "resolved_device": str(self.device), "world_size": self.parallel.world_size}
+        self.folder.claim()  # held since __init__, unless an earlier fit() released it
         self.folder.write_config(run_config)
         if self.metrics:  # a run killed between its checkpoint and its metrics files
             self.folder.write_metrics(self.config, self.metrics)
@@ -301,6 +306,7 @@ class Trainer:
             raise
         finally:
             self.callbacks.close()
+            self.folder.release()
         self.callbacks.on_train_end(self, self.metrics)
         return self.metrics
 
