@@ -98,6 +98,7 @@ def test_report_puts_rules_beyond_the_paper_beside_the_paper_and_plots_alignment
     root = tmp_path / "runs"
     fake_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [5.0, 2.0], [5.0, 1.0])
     fake_run(root, "mnist-fc-kp", "mnist-fc-kp", 0, [6.0, 3.0], [6.0, 2.0])
+    fake_run(root, "mnist-fc-ep", "mnist-fc-ep", 0, [9.0, 7.0], [9.0, 6.0])
     metrics = root / "mnist-fc-kp" / "seed0" / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     for row, angle in zip(rows, (80.0, 40.0)):
@@ -106,8 +107,10 @@ def test_report_puts_rules_beyond_the_paper_beside_the_paper_and_plots_alignment
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = write_report(root).read_text()
     section = text.split("### Every rule, the paper's and those beyond it")[1].split("###")[0]
-    assert "| FC | BP (paper) | 2.00 |" in section
-    assert "| FC | KP | 3.00 | 3.00 |" in section and "| 40/0 |" in section  # last epoch's angles by layer
+    # the forward learning rate each rule's runs used: BP's and FA's Table 5 values (KP borrows FA's column)
+    assert "| FC | BP (paper) | 0.000152 | 2.00 |" in section
+    assert "| FC | KP | 0.000168 | 3.00 | 3.00 |" in section and "| 40/0 |" in section  # last epoch's angles by layer
+    assert "| FC | EP | 0.0003 | 7.00 |" in section  # its preset's own searched rate
     assert (root / "alignment-mnist-fc.png").stat().st_size > 1000
     assert (root / "curves-mnist-fc-every-rule.png").is_file()
     paper_table = text.split("### Against the paper")[1].split("###")[0]

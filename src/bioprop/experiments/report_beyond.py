@@ -38,6 +38,12 @@ def _final_angles(runs: list[Run]) -> str:
     return "/".join(f"{values[-1]:.0f}" for _, values in curves.values() if values) or "–"
 
 
+def _learning_rates(runs: list[Run]) -> str:
+    """The forward group's learning rate the runs trained with (as their configs say), e.g. '0.001'."""
+    rates = sorted({run.config.get("optimizers", {}).get("forward", {}).get("lr") for run in runs} - {None})
+    return ", ".join(f"{rate:.3g}" for rate in rates) or "–"
+
+
 def beyond_section(dataset: str, by_preset: dict[str, list[Run]], out: Path) -> list[str]:
     """Markdown (and figures in ``out``) for one dataset; empty when no rule beyond the paper ran and
     no run measured alignment."""
@@ -48,15 +54,17 @@ def beyond_section(dataset: str, by_preset: dict[str, list[Run]], out: Path) -> 
         return []
     md = ["### Every rule, the paper's and those beyond it", "",
           "Same networks, data, budget and selection for every rule; the rules beyond the paper use the "
-          "Table 5 settings of the rule they extend (`bioprop presets --decisions`), untuned. Update "
-          "angles: each layer's angle (degrees) between the rule's weight update and backprop's gradient "
-          "at the last epoch, input layer first (0 = backprop's direction, 90 = none).", "",
-          "| Arch | Rule | test at best val | best test | train (last) | seeds | epochs | update angles |",
-          "|---|---|---:|---:|---:|---:|---:|---|"]
+          "Table 5 settings of the rule they extend (`bioprop presets --decisions`), untuned, except what "
+          "a rule's presets set themselves (the forward-only and energy-based rules: a learning rate from a "
+          "small search); *lr* is the forward learning rate the runs used. Update angles: each layer's "
+          "angle (degrees) between the rule's weight update and backprop's gradient at the last epoch, "
+          "input layer first (0 = backprop's direction, 90 = none).", "",
+          "| Arch | Rule | lr | test at best val | best test | train (last) | seeds | epochs | update angles |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for preset in presets:
         runs = by_preset[preset.name]
         tag = "" if preset.beyond else " (paper)"
-        md.append(f"| {preset.cell.arch.upper()} | {preset.label}{tag} | "
+        md.append(f"| {preset.cell.arch.upper()} | {preset.label}{tag} | {_learning_rates(runs)} | "
                   f"{stat(runs, 'test_error_at_best_val').fmt()} | {stat(runs, 'best_test_error').fmt()} | "
                   f"{stat(runs, 'final_train_error').fmt()} | {seeds_cell(runs)} | {epochs_run(runs)} | "
                   f"{_final_angles(runs)} |")
