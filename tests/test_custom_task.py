@@ -145,7 +145,8 @@ def test_regression_trains_through_compute_gradients(name, options):
 
 @pytest.mark.parametrize("name", RULES.names())
 def test_every_rule_trains_on_the_custom_loss(name):
-    """StepResult.loss is the custom loss of the network's output, and the forward group learns from it."""
+    """StepResult.loss is the custom loss of the rule's prediction (the network's output unless the rule
+    infers otherwise, as equilibrium propagation's free phase), and the forward group learns from it."""
     if RULES.get(name).tasks is not None:  # e.g. Forward-Forward, DRTP: classification only, refused by name
         pytest.skip(f"{name} serves only {', '.join(RULES.get(name).tasks)}")
     x, y = regression_data(n=8)
@@ -153,7 +154,7 @@ def test_every_rule_trains_on_the_custom_loss(name):
     rule = bioprop.create_rule(name, network, seed=0, task=LossTask(F.l1_loss, name="l1"))
     assert rule.task.name == "l1" and task_of(rule) is rule.task and task_of(network) is CLASSIFICATION
     with torch.no_grad():
-        expected = F.l1_loss(network(x), y)
+        expected = F.l1_loss(rule.predict(x), y)
     step = rule.compute_gradients(x, y, rule.passes()[-1])
     torch.testing.assert_close(step.loss, expected)
     assert all(torch.isfinite(loss) for loss in step.local_losses.values())

@@ -135,6 +135,20 @@ def test_the_readout_learns_from_its_true_gradient_at_the_free_phase():
     torch.testing.assert_close(got, readout.weight.grad, rtol=1e-12, atol=1e-14)
 
 
+def test_the_step_reports_the_free_phase_which_is_what_evaluation_scores():
+    """The running train error must score the rule's prediction (the free phase), not the network's
+    forward pass, which on a trained EP network differs from it."""
+    model, x, y = tiny("fc")
+    rule = create_rule("ep", model, **LONG)
+    step = rule.compute_gradients(x, y, ("forward",))
+    with torch.no_grad():
+        prediction = rule.predict(x)
+        forward = model(x)
+    torch.testing.assert_close(step.logits, prediction, rtol=0, atol=0)
+    torch.testing.assert_close(step.loss, torch.nn.functional.cross_entropy(prediction, y), rtol=0, atol=0)
+    assert (forward - prediction).abs().max() > 1e-6  # the two differ: the test tells them apart
+
+
 @pytest.mark.parametrize("kind", list(TINY))
 def test_gradients_through_the_prediction_are_the_implicit_gradient(kind):
     """``predict`` is the free phase's readout, and autograd runs through the relaxation: at a converged free

@@ -104,8 +104,10 @@ def register_rule(name: str):
 
 @dataclass
 class StepResult:
-    """What one mini-batch step reports: the detached task loss and network output (``logits``: the
-    logits of a classifier, the reconstruction of an autoencoder), per-batch diagnostics, and the
+    """What one mini-batch step reports: the detached task loss and output of the rule's prediction
+    on the batch (``logits``: the logits of a classifier, the reconstruction of an autoencoder; the
+    network's forward pass unless the rule defines :meth:`LearningRule.predict`, whose output it then
+    is, so that the running train error scores what evaluation scores), per-batch diagnostics, and the
     rule's own losses by name (e.g. ``inverse_loss/layer2``), which the trainer checks are finite."""
 
     loss: torch.Tensor

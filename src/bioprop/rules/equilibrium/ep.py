@@ -47,9 +47,9 @@ The nudged phases are relaxed as deviations from the free state and the update i
 those deviations (:meth:`EquilibriumPropagation.relax`, :meth:`EquilibriumPropagation.accumulate_update`),
 so the difference of two nearby phases never subtracts states of size one: float32 phases give it to
 float32 precision (a batch split in two changes it by ~1e-6 relative, not 2e-5). The whole step runs in
-the parameters' precision (autocast off). ``StepResult`` reports the network's forward pass (its loss and outputs; the relaxation
-starts from it) and, as the local loss ``free_loss``, the batch-mean loss of the free phase's
-prediction, the rule's own output.
+the parameters' precision (autocast off). ``StepResult`` reports the free phase's output and its
+loss, what :meth:`EquilibriumPropagation.predict` gives, so the running train error scores the
+rule's own prediction, as evaluation does.
 """
 
 from __future__ import annotations
@@ -180,17 +180,15 @@ class EquilibriumPropagation(LayeredRule):
         beta = float(self.options.nudge_strength)
         with full_precision(x), torch.no_grad():
             target = self.task.target(x, y)
-            logits = self.model(x)
-            loss = self.task.loss(logits, target)
             free = self.free_phase(x)
             free_s = [maps.activate(index, u) for index, u in enumerate(free)]
-            output = self.readout(free_s[-1])
-            free_loss = self.task.loss(output, target)
+            output = self.readout(free_s[-1])  # what predict(x) gives: the running train error scores it
+            loss = self.task.loss(output, target)
             if "forward" in groups:
                 self.accumulate_update(x, free, free_s, beta, target)
                 error = self.task.output_error(output, target) / x.shape[0]
                 maps.accumulate(len(maps) - 1, free_s[-1], error)
-        return StepResult(loss.detach(), logits.detach(), local_losses={"free_loss": free_loss.detach()})
+        return StepResult(loss.detach(), output.detach())
 
     def accumulate_update(self, x, free, free_s, beta, target) -> None:
         """The hidden layers' update from the nudged phases' deviations D^+- from the free state s (D^- = 0
