@@ -52,6 +52,25 @@ def test_the_first_signal_is_a_request_the_second_stops_at_once_and_handlers_are
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_sigusr1_is_a_request_that_never_escalates():
+    """SIGUSR1 (reproduce forwarding a stop to its workers, SLURM's --signal=USR1@T) asks to stop; with or
+    after a Ctrl-C it does not turn the request into stopping at once, and a Ctrl-C after it is still
+    the first real signal."""
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested and stop.signal_name == "SIGUSR1"
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C as well: still a request
+        assert stop.signal_name == "SIGINT"
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_mid_pass_checkpoints_that_step_and_the_resumed_run_is_the_uninterrupted_one(tmp_path, signum,
                                                                                                code):

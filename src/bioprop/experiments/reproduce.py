@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -308,9 +309,37 @@ def run_state(path: Path, epochs: int) -> tuple[str, int]:
 # -- running -----------------------------------------------------------------------------------
 
 
-#: set in a process whose run was stopped by a signal: it starts no other run (a worker of a
-#: --jobs pool may already hold the next one when Ctrl-C arrives)
+#: set in a process whose run was stopped by a signal, or a worker told to stop while idle: it
+#: starts no other run (a worker of a --jobs pool may already hold the next ones when Ctrl-C arrives)
 _INTERRUPTED = False
+
+
+def _start_worker() -> None:
+    """A --jobs worker ignores Ctrl-C while idle (the terminal sends it to the whole process group;
+    the parent forwards the stop as SIGUSR1) and remembers a stop that arrives between runs; during a
+    run the Trainer's own handlers take over (:mod:`bioprop.training.interrupt`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, _stop_requested)
+
+
+def _stop_requested(number, frame) -> None:
+    global _INTERRUPTED
+    _INTERRUPTED = True
+
+
+def _forward_stop(pool: ProcessPoolExecutor) -> None:
+    """Ctrl-C or SIGTERM reached this process (perhaps only this one: ``kill PID``): every worker is
+    asked to stop too, its run after the step it is in, with a checkpoint, and the runs it already
+    holds are refused. SIGUSR1, which never escalates, so a worker that the terminal's Ctrl-C reached
+    as well still writes its checkpoint."""
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            os.kill(process.pid, signal.SIGUSR1)
+        except (OSError, AttributeError):  # already gone
+            pass
 
 
 def _execute(spec_dict: dict, root: str, progress: bool, threads: int | None, echo: bool) -> dict:
@@ -426,7 +455,7 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
                 continue
             finished(spec, result)
     else:
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker)
         try:
             futures = {pool.submit(_execute, {"folder": s.folder, "config": s.config.to_dict()}, str(root),
                                    False, threads, False): s for s in todo}
@@ -439,6 +468,7 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
                     continue
                 finished(spec, result)
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the running runs checkpoint and stop; start no other
+            _forward_stop(pool)
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)

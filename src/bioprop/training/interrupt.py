@@ -5,7 +5,9 @@ While :class:`StopRequests` is active, the first SIGINT or SIGTERM only sets ``s
 the trainer finishes the step it is in, writes a checkpoint at that position, and raises
 :class:`TrainingInterrupted`, whose message says where it stopped and how to resume. A second
 signal stops at once (Python's ``KeyboardInterrupt``), losing the work since the last
-checkpoint. In a data-parallel job the processes decide together (``Trainer`` asks them every
+checkpoint. SIGUSR1 is a stop request that never escalates: ``bioprop reproduce --jobs N`` forwards
+it to its worker processes when it is stopped (they may have had the terminal's Ctrl-C as well),
+and SLURM sends it ahead of a time limit with ``--signal=USR1@SECONDS``. In a data-parallel job the processes decide together (``Trainer`` asks them every
 few steps, :data:`AGREE_EVERY`), so every rank stops at the same step even when only one was
 signalled. Handlers can only be installed from the main thread; elsewhere signals keep their
 default behaviour.
@@ -21,6 +23,9 @@ import threading
 AGREE_EVERY = 20
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: a request to stop that a second one does not turn into stopping at once
+GENTLE_SIGNALS = (signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()
+_GENTLE_NAMES = {number.name for number in GENTLE_SIGNALS}
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -60,7 +65,7 @@ class StopRequests:
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():
-            for number in STOP_SIGNALS:
+            for number in STOP_SIGNALS + GENTLE_SIGNALS:
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 
@@ -70,7 +75,10 @@ class StopRequests:
         self._previous.clear()
 
     def _handle(self, number, frame) -> None:
-        if self.signal_name is not None:  # the second signal: stop now
+        if number in GENTLE_SIGNALS:
+            self.signal_name = self.signal_name or signal.Signals(number).name
+            return
+        if self.signal_name is not None and self.signal_name not in _GENTLE_NAMES:  # the second signal: stop now
             self.__exit__()
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(number).name
