@@ -98,6 +98,16 @@ def test_train_help_states_the_real_defaults(flag, default):
     assert f"(default: {default}" in help_of("bioprop train", flag)
 
 
+def test_a_flag_shared_by_rules_with_different_defaults_states_each_rules():
+    """One --flag serves every rule with that option; where their defaults differ, each is named."""
+    for flag, option in (("--inference-steps", "inference_steps"), ("--inference-rate", "inference_rate")):
+        expected = "; ".join(f"{getattr(RULES.get(rule).Options(), option)} for {rule}" for rule in ("pc", "pc-fixed"))
+        assert f"(default: {expected})" in " ".join(help_of("bioprop train", flag).split())
+    assert bioprop.cli.train.default_help({"dtp": 0.1, "sdtp": 0.1}) == " (default: 0.1)"
+    assert bioprop.cli.train.default_help({"a": None}) == ""
+    assert bioprop.cli.train.default_help({"a": 1, "b": 2, "c": 1}) == " (default: 1 for a, c; 2 for b)"
+
+
 def test_help_runs_from_the_console(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bioprop", "train", "--help"], capture_output=True, text=True,
                             timeout=120)

@@ -40,13 +40,27 @@ def add_rule_options(parser: argparse.ArgumentParser, title: str) -> None:
         kind = {float: finite_float, int: any_int}.get(kind, name)
         if option_name in RULE_OPTION_HINTS:  # --schedule cosine: a pointer to --lr-schedule
             kind = hinted(kind, RULE_OPTION_HINTS[option_name])
-        rules = [rule for rule in RULES.names()
-                 if option_name in {f.name for f in dataclasses.fields(RULES.get(rule).Options)}]
+        defaults = {rule: field.default for rule in RULES.names()
+                    for field in dataclasses.fields(RULES.get(rule).Options) if field.name == option_name}
         options.add_argument(f"--{option_name.replace('_', '-')}", dest=f"rule_{option_name}", type=kind,
                              choices=option.metadata.get("choices"), metavar=None if option.metadata.get("choices")
                              else option_name.upper(),
-                             help=(option.metadata.get("help") or f"option of {', '.join(rules)}")
-                             + (f" (default: {option.default})" if option.default is not None else ""))
+                             help=(option.metadata.get("help") or f"option of {', '.join(defaults)}")
+                             + default_help(defaults))
+
+
+def default_help(defaults: dict[str, object]) -> str:
+    """' (default: 0.1)', or each rule's where the rules that have the option differ
+    (' (default: 20 for pc; 0 for pc-fixed)')."""
+    values = list(dict.fromkeys(repr(value) for value in defaults.values()))
+    if values == ["None"]:
+        return ""
+    if len(values) == 1:
+        return f" (default: {next(iter(defaults.values()))})"
+    by_value: dict[str, list[str]] = {}
+    for rule, value in defaults.items():
+        by_value.setdefault(str(value), []).append(rule)
+    return " (default: " + "; ".join(f"{value} for {', '.join(rules)}" for value, rules in by_value.items()) + ")"
 
 
 def _default(field: str, kind=TrainConfig):
