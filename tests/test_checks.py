@@ -27,8 +27,8 @@ PRESET_NAMES = group_names() + PRESETS.names()
     ("MNIST-FC-DTP", {"mnist-fc-dtp-parallel", "mnist-fc-dtp-alternating"}),
     ("mnist_fc_dtp", {"mnist-fc-dtp-parallel", "mnist-fc-dtp-alternating"}),
     ("mnist-fc-sdtp", {"mnist-fc-sdtp-parallel", "mnist-fc-sdtp-alternating"}),
-    # a typo in a name typed in part
-    ("mnist-fc-dtpp", {"mnist-fc-dtp-parallel", "mnist-fc-sdtp-parallel"}),
+    # a typo in a name typed in part (mnist-fc-drtp, a whole name one letter away, is as close)
+    ("mnist-fc-dtpp", {"mnist-fc-dtp-parallel", "mnist-fc-drtp"}),
     # a whole name with a typo: its close match
     ("mnist-fc-dtp-paralel", {"mnist-fc-dtp-parallel"}),
     ("mnist-fc-bpp", {"mnist-fc-bp"}),
