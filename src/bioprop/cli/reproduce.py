@@ -139,7 +139,8 @@ def run(args) -> int:
         if isinstance(stopped, TrainingInterrupted):  # --jobs 1: the run in this process
             raise stopped.with_resume(resume) from None
         # --jobs N: each worker checkpointed its run at the step it was in; no other run was started
-        raise TrainingInterrupted("SIGINT", "while training (every run in progress stopped after its step)",
+        name = stopped.args[0] if stopped.args and str(stopped.args[0]).startswith("SIG") else "SIGINT"
+        raise TrainingInterrupted(name, "while training (every run in progress stopped after its step)",
                                   f"each run's folder under {args.out}", resume) from None
     if not main_process:
         return 0

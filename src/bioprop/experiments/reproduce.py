@@ -23,7 +23,9 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -328,6 +330,23 @@ def _stop_requested(number, frame) -> None:
     _INTERRUPTED = True
 
 
+@contextmanager
+def _signals_stop_the_pool():
+    """SIGTERM (``kill``, SLURM, Kubernetes) and SIGUSR1 stop a --jobs pool as Ctrl-C does: a
+    ``KeyboardInterrupt`` here, whose argument names the signal, which :func:`_forward_stop` passes on."""
+    def stop(number, frame):
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
+    numbers = [signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    main = threading.current_thread() is threading.main_thread()
+    previous = {number: signal.signal(number, stop) for number in numbers} if main else {}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def _forward_stop(pool: ProcessPoolExecutor) -> None:
     """Ctrl-C or SIGTERM reached this process (perhaps only this one: ``kill PID``): every worker is
     asked to stop too, its run after the step it is in, with a checkpoint, and the runs it already
@@ -456,22 +475,23 @@ def reproduce(specs: list[RunSpec], out: str | Path, jobs: int = 1, progress: bo
             finished(spec, result)
     else:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker)
-        try:
-            futures = {pool.submit(_execute, {"folder": s.folder, "config": s.config.to_dict()}, str(root),
-                                   False, threads, False): s for s in todo}
-            for future in as_completed(futures):
-                spec = futures[future]
-                try:
-                    result = future.result()
-                except Exception as error:  # one broken run must not lose the others
-                    failure(spec, error)
-                    continue
-                finished(spec, result)
-        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the running runs checkpoint and stop; start no other
-            _forward_stop(pool)
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+        with _signals_stop_the_pool():
+            try:
+                futures = {pool.submit(_execute, {"folder": s.folder, "config": s.config.to_dict()}, str(root),
+                                       False, threads, False): s for s in todo}
+                for future in as_completed(futures):
+                    spec = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as error:  # one broken run must not lose the others
+                        failure(spec, error)
+                        continue
+                    finished(spec, result)
+            except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the running runs checkpoint and stop; start no other
+                _forward_stop(pool)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     return {"skipped": skipped, "ran": ran, "failed": failed}
 
 
