@@ -201,6 +201,11 @@ def test_a_rules_preset_settings_go_over_its_column_and_nowhere_else():
                 assert config.rule_options.get(key, getattr(forward, key, None)) == value, (rule, key)
             assert forward.eps == fa.eps and forward.beta1 == fa.beta1  # the rest is FA's column
     assert get_preset("mnist-fc-fa").config().optimizers["forward"].lr == 0.000168
+    # pc-fixed computes backprop's gradients: its presets are BP's settings
+    for dataset, arch in beyond.NETWORKS:
+        prefix = paper.PRESET_PREFIX[dataset]
+        pc_fixed, bp = get_preset(f"{prefix}-{arch}-pc-fixed").config(), get_preset(f"{prefix}-{arch}-bp").config()
+        assert pc_fixed.optimizers == bp.optimizers and pc_fixed.data == bp.data
 
 
 def test_preset_settings_naming_nothing_the_rule_has_is_refused(monkeypatch):

@@ -219,8 +219,9 @@ class FixedPredictionPC(PredictiveCoding):
     (f'_{l+1} * eps_{l+1})``. With eta = 1 and T >= L - 1 its update equals backprop's gradient."""
 
     label = "PC-fixed"
-    # backprop's gradients: backprop's learning rate from the same search as pc's
-    preset_settings = {"lr": 1e-3}
+    # backprop's gradients: backprop's Table 5 settings, so its presets' runs are BP's
+    preset_column = "bp"
+    preset_settings = {}
     Options = FixedPredictionOptions
     fixed_prediction = True
 
