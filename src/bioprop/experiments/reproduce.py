@@ -39,6 +39,7 @@ from bioprop.tasks import task_of_summary
 from bioprop.training import TrainConfig
 from bioprop.training.config import OptimizerConfig
 from bioprop.training.checkpoint import save_json
+from bioprop.training.interrupt import GENTLE_SIGNALS
 
 SPEC = "spec.json"
 RECORD = "reproduce.json"
@@ -321,8 +322,8 @@ def _start_worker() -> None:
     the parent forwards the stop as SIGUSR1) and remembers a stop that arrives between runs; during a
     run the Trainer's own handlers take over (:mod:`bioprop.training.interrupt`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGUSR1, _stop_requested)
+    for number in GENTLE_SIGNALS:
+        signal.signal(number, _stop_requested)
 
 
 def _stop_requested(number, frame) -> None:
@@ -337,7 +338,7 @@ def _signals_stop_the_pool():
     def stop(number, frame):
         raise KeyboardInterrupt(signal.Signals(number).name)
 
-    numbers = [signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    numbers = [signal.SIGTERM, *GENTLE_SIGNALS]
     main = threading.current_thread() is threading.main_thread()
     previous = {number: signal.signal(number, stop) for number in numbers} if main else {}
     try:
@@ -352,13 +353,12 @@ def _forward_stop(pool: ProcessPoolExecutor) -> None:
     asked to stop too, its run after the step it is in, with a checkpoint, and the runs it already
     holds are refused. SIGUSR1, which never escalates, so a worker that the terminal's Ctrl-C reached
     as well still writes its checkpoint."""
-    if not hasattr(signal, "SIGUSR1"):
-        return
     for process in list((getattr(pool, "_processes", None) or {}).values()):
-        try:
-            os.kill(process.pid, signal.SIGUSR1)
-        except (OSError, AttributeError):  # already gone
-            pass
+        for number in GENTLE_SIGNALS:
+            try:
+                os.kill(process.pid, number)
+            except OSError:  # already gone
+                pass
 
 
 def _execute(spec_dict: dict, root: str, progress: bool, threads: int | None, echo: bool) -> dict:
