@@ -19,8 +19,11 @@ measured once per variant (batches with diagnostics on every batch) and added am
 Variants: every registered rule (target propagation with the parallel schedule), and dtp with the
 alternating schedule (the mean of a batch of an inverse epoch and a batch of a forward epoch).
 
+``--compile`` times every variant twice, eager and with each block of the network compiled
+(``nn.Module.compile``, TorchInductor; named ``rule+compile``), after warm-up batches that compile.
+
     python bench/bench_rules.py [--models mnist-fc mnist-lc cifar-lc] [--batches 20] [--large-batches 4]
-                                [--repeats 3] [--threads T] [--fused-adam] [--json out.json]
+                                [--repeats 3] [--threads T] [--fused-adam] [--compile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import statistics
 import time
 
 import torch
+import torch._dynamo
 
 from bioprop.models import create_model
 from bioprop.rules import RULES, create_rule
@@ -48,13 +52,17 @@ VARIANTS = ([("bp", "parallel")] + [(name, "parallel") for name in RULES.names()
 TP_RULES = {name for name in RULES.names() if "inverse" in RULES.get(name).groups}
 
 
-def variant_name(rule, schedule):
-    return rule if schedule == "parallel" or rule not in TP_RULES else f"{rule}-{schedule[:3]}"
+def variant_name(rule, schedule, compiled=False):
+    name = rule if schedule == "parallel" or rule not in TP_RULES else f"{rule}-{schedule[:3]}"
+    return name + ("+compile" if compiled else "")
 
 
-def build(model_name, rule_name, schedule, fused_adam=False):
+def build(model_name, rule_name, schedule, fused_adam=False, compiled=False):
     torch.manual_seed(0)
     model = create_model(model_name)
+    if compiled:  # every rule calls the blocks (most call nothing else of the network)
+        for block in model.blocks:
+            block.compile()
     options = {"schedule": schedule} if rule_name in TP_RULES else {}
     rule = create_rule(rule_name, model, seed=0, **options)
     if fused_adam:  # what the trainer would get with torch.optim.Adam(..., fused=True)
@@ -93,12 +101,12 @@ def bench_model(model_name, batch_size, batches, repeats, warmup, variants, log,
     data = [(torch.randn(batch_size, *input_shape, generator=generator),
              torch.randint(0, classes, (batch_size,), generator=generator)) for _ in range(max(batches, warmup))]
     times = {variant_name(*v): [] for v in variants}
-    eval_times = {variant_name(*v): [] for v in variants}
+    eval_times = {name: [] for name in times}
     diagnostics_extra = {}
     for repeat in range(repeats):
-        for rule_name, schedule in variants:
-            name = variant_name(rule_name, schedule)
-            rule, optimizers = build(model_name, rule_name, schedule, fused_adam)
+        for rule_name, schedule, compiled in variants:
+            name = variant_name(rule_name, schedule, compiled)
+            rule, optimizers = build(model_name, rule_name, schedule, fused_adam, compiled)
             every = getattr(rule.options, "diagnostics_every", 0)
             if every:
                 rule.options.diagnostics_every = 0  # timed apart, below
@@ -154,6 +162,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fused-adam", action="store_true",
                         help="use torch.optim.Adam(fused=True) instead of the trainer's optimiser")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time every variant with each block compiled (name+compile)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -162,10 +172,13 @@ def main(argv=None):
     variants = [v for v in VARIANTS if args.rules is None or variant_name(*v) in args.rules]
     if args.rules is not None and not any(v[0] == "bp" for v in variants):
         variants = [("bp", "parallel")] + variants  # ratios need BP
+    variants = [(*variant, compiled) for variant in variants for compiled in ((False, True) if args.compile else (False,))]
+    if args.compile:  # one compiled graph per block instance: more than dynamo's default 8 per code object
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     started = time.perf_counter()
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "batches": args.batches,
-               "repeats": args.repeats, "fused_adam": args.fused_adam, "models": {}}
+               "repeats": args.repeats, "fused_adam": args.fused_adam, "compile": args.compile, "models": {}}
     for model_name in args.models:
         batch_size = args.batch_size or DEFAULT_BATCH[model_name.split("-")[0]]
         batches = args.batches if model_name.startswith("mnist") else args.large_batches
