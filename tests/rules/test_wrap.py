@@ -18,6 +18,7 @@ from bioprop.data.splits import DataBundle
 from bioprop.errors import BiopropError
 from bioprop.nn import LocallyConnected2d
 from bioprop.rules import create_rule
+from bioprop.rules.base import wrappable_rules
 from bioprop.training import TrainConfig, Trainer
 
 WRAP_RULES = ["fa", "usf", "brsf", "frsf", "kp", "wm"]
@@ -180,6 +181,30 @@ def test_wrap_refuses_non_modules_tp_rules_and_double_wrapping():
         bioprop.wrap(nn.Sequential(nn.ReLU()), rule="kp")
     with pytest.raises(BiopropError, match="mirror_noise"):
         bioprop.wrap(small_resnet(), rule="wm", mirror_noise=-1.0)
+
+
+REFUSING_RULES = [name for name in bioprop.list_rules() if name not in wrappable_rules()]
+# each says why, not the generic reason: what it needs that a wrapped module's loss.backward() cannot give
+OWN_REASONS = {"pc": "transposed map", "pc-fixed": "transposed map", "ep": "transposed map", "drtp": "labels",
+               "ff": "goodness", "fg": "forward-mode", "pepita": "second forward pass"}
+
+
+@pytest.mark.parametrize("rule_name", REFUSING_RULES)
+def test_every_rule_that_cannot_wrap_refuses_by_name_with_its_reason(rule_name):
+    module = small_resnet()
+    before = copy.deepcopy(module.state_dict())
+    with pytest.raises(BiopropError, match=rf"rule '{rule_name}' cannot wrap .*: .*"
+                                           + OWN_REASONS.get(rule_name, "inverse per block")) as refusal:
+        bioprop.wrap(module, rule=rule_name)
+    assert "the rules that can wrap: bp, " in str(refusal.value)
+    with pytest.raises(BiopropError, match="is not wrapped"):  # the module is left as it was
+        bioprop.rule_of(module)
+    assert all(torch.equal(before[key], value) for key, value in module.state_dict().items())
+
+
+def test_the_refusing_rules_are_the_ones_with_reasons():
+    assert set(OWN_REASONS) <= set(REFUSING_RULES)
+    assert set(REFUSING_RULES) - set(OWN_REASONS) <= {"tp", "dtp", "sdtp", "ao-sdtp", "drl", "l-drl", "hybrid"}
 
 
 @pytest.mark.parametrize("rule_name", ["fa", "kp", "brsf", "wm"])

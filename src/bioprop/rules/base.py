@@ -153,6 +153,9 @@ class LearningRule(nn.Module):
     tasks: ClassVar[tuple[str, ...] | None] = None
     #: the task set with ``rule.task = ...`` / ``create_rule(task=...)``; None: the model's
     _task: Task | None = None
+    #: why :meth:`wrap` refuses a user's ``nn.Module`` (rules that cannot wrap one say what they need)
+    wrap_refusal: ClassVar[str] = ("it needs a bioprop Network's blocks (each layer's input and output, and for "
+                                   "target propagation an inverse per block)")
     #: whether a backward pass through ``rule(x)`` is the rule's update (else it raises)
     trains_through_autograd: ClassVar[bool] = False
     #: whether the rule may run on a model another rule wraps (``bp``: with that rule switched off)
@@ -347,11 +350,11 @@ class LearningRule(nn.Module):
     @classmethod
     def wrap(cls, module: nn.Module, seed: int = 0, **options) -> nn.Module:
         """``bioprop.wrap(module, rule=NAME)``: ``module`` itself, wrapped in place so that autograd's
-        backward pass is this rule's (the rule: ``bioprop.rule_of(module)``). Rules that need bioprop's
-        block structure (target propagation) refuse, by name."""
-        raise BiopropError(f"rule {cls.name!r} cannot wrap an arbitrary nn.Module: it needs a bioprop Network "
-                           f"(a stack of blocks, e.g. --model mnist-fc); the rules that can: "
-                           f"{', '.join(wrappable_rules()) or 'none'}")
+        backward pass is this rule's (the rule: ``bioprop.rule_of(module)``). Rules that need more than
+        a backward pass refuse, by name, with their reason (:attr:`wrap_refusal`)."""
+        raise BiopropError(f"rule {cls.name!r} cannot wrap an arbitrary nn.Module: {cls.wrap_refusal}; train it "
+                           f"on a bioprop Network (--model mnist-fc, ..., or a bioprop.models.Network of Blocks); "
+                           f"the rules that can wrap: {', '.join(wrappable_rules()) or 'none'}")
 
     # -- helpers -------------------------------------------------------------------------
     def layer_generator(self, index: int) -> torch.Generator:

@@ -33,6 +33,9 @@ class LayeredRule(LearningRule):
     """Base of the rules that run a Network's blocks both ways: refuses other models by name and holds
     the blocks' maps (:class:`LayeredMaps`) as ``self.maps``."""
 
+    wrap_refusal = ("it relaxes every layer's activity through the layer's transposed map (Wᵀ, a transposed "
+                    "convolution or LC map), which it takes from a bioprop Network's blocks")
+
     def __init__(self, model, options=None, seed: int = 0):
         super().__init__(model, options, seed)
         check_layered_network(self.name, model)

@@ -39,6 +39,8 @@ class DirectRandomTargetProjection(LearningRule):
     # Adam's lr chosen among 3e-4, 1e-3, 3e-3 on the validation error after one epoch of MNIST-FC (seed 0;
     # docs/results/beyond-families/README.md)
     preset_settings = {"lr": 3e-3}
+    wrap_refusal = ("it projects the labels, which a wrapped module's loss.backward() does not carry (dfa, which "
+                    "projects the output's gradient, wraps)")
     tasks = ("classification",)
 
     def __init__(self, model, options=None, seed=0):

@@ -70,6 +70,8 @@ class ForwardForward(StepSeeded, LearningRule):
     # Adam's lr chosen among 3e-4, 1e-3, 3e-3 on the validation error after one epoch of MNIST-FC (seed 0;
     # docs/results/beyond-families/README.md)
     preset_settings = {"lr": 1e-3}
+    wrap_refusal = ("it embeds the label in the input and trains every block on its own goodness of positive "
+                    "and negative data: there is no backward pass to replace")
     tasks = ("classification",)
 
     @dataclass

@@ -88,6 +88,8 @@ class ForwardGradient(StepSeeded, LearningRule):
     # chosen among 3e-4, 1e-3, 3e-3 on the validation error after one epoch of MNIST-FC (seed 0;
     # docs/results/beyond-families/README.md)
     preset_settings = {"lr": 1e-3, "directions": 4}
+    wrap_refusal = ("its update is a forward-mode derivative of the loss along random directions (torch.func.jvp), "
+                    "not a replacement of the backward pass that a wrapped module's loss.backward() runs")
 
     @dataclass
     class Options:

@@ -51,6 +51,8 @@ class Pepita(LearningRule):
     # 3e-3 tied at 7.00 %, the smaller kept;
     # docs/results/beyond-families/README.md)
     preset_settings = {"lr": 1e-3}
+    wrap_refusal = ("it needs a second forward pass on the input modulated by the error and every block's "
+                    "activities in both passes")
 
     @dataclass
     class Options:
