@@ -5,9 +5,11 @@ feedback rule and DFA); on CIFAR-format files with augmentation for a feedback r
 rule; the bucketed gradient average equals the flat one for every rule; a gradient that is None on
 one process only does not hang."""
 
+import gc
 import importlib.util
 import os
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,10 @@ def trainer_worker(rank, world_size, port, results, jobs):
             trainer = Trainer(config, out=out, progress=False, data=data, log=lambda *a: None)
             trainer.fit()
             results[(key, rank)] = (tensors(trainer.rule), trainer.metrics)
+            reducer, parameters = weakref.ref(trainer.reducer), [weakref.ref(p) for p in trainer.rule.parameters()]
+            del trainer
+            gc.collect()
+            results[("left behind", key, rank)] = (reducer() is not None, sum(p() is not None for p in parameters))
     finally:
         leave_job()
 
@@ -137,6 +143,15 @@ def test_every_buffer_agrees_across_ranks_and_with_rank_0s_checkpoint(trained):
         assert torch.equal(state1[key], value), key
         assert torch.equal(saved[key], value), key
     assert [row["test_error"] for row in metrics0] == [row["test_error"] for row in metrics1]  # one model scored
+
+
+def test_a_finished_trainer_leaves_neither_its_reducer_nor_its_parameters_behind(trained):
+    """The reducer's hooks sit in the parameters' C++ state, invisible to the garbage collector; left
+    there after fit(), they kept every finished run's reducer and parameters in memory until the
+    process exited, and a torchrun rank freeing them at shutdown aborted now and then."""
+    results, _ = trained
+    left = {key: value for key, value in results.items() if key[0] == "left behind"}
+    assert len(left) == 2 * 7 and all(value == (False, 0) for value in left.values()), left
 
 
 def test_parameters_start_as_rank_0s(trained):

@@ -74,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _leave_process_group(together: bool = False) -> None:
     """Under torchrun: leave the process group cleanly (a process exiting with gloo's threads still
-    running aborts with "terminate called without an active exception")."""
+    running aborts with "terminate called without an active exception"). What the finished runs
+    left for the garbage collector is freed first, while the group and the interpreter are whole:
+    objects freed during the interpreter's shutdown instead made a rank abort there now and then."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         if together:  # a command that finished on every rank: wait for the others, then leave together
             try:
                 dist.barrier()

@@ -204,8 +204,14 @@ class GradientReducer:
         self.layouts: dict[tuple[str, ...], _Layout] = {}
         self.active: _Layout | None = None
         self.early_launches = 0  # buckets sent before the end of compute_gradients (benchmarks, tests)
-        unique = {id(p): p for params in groups.values() for p in params}
-        self._handles = [p.register_post_accumulate_grad_hook(self._accumulated) for p in unique.values()]
+        self._handles = []
+        self.attach()
+
+    def attach(self) -> None:
+        """Hooks every parameter (done on construction; again after :meth:`close`)."""
+        if not self._handles:
+            unique = {id(p): p for params in self.groups.values() for p in params}
+            self._handles = [p.register_post_accumulate_grad_hook(self._accumulated) for p in unique.values()]
 
     def start(self, groups: tuple[str, ...]) -> None:
         """A step of ``groups`` begins: gradients accumulated from now until :meth:`finish` are reduced."""
@@ -223,7 +229,10 @@ class GradientReducer:
             self.early_launches += layout.finish()
 
     def close(self) -> None:
-        """Removes the hooks (the parameters no longer report to this reducer)."""
+        """Removes the hooks (the parameters no longer report to this reducer). The hooks live in the
+        parameters' C++ autograd state, where Python's garbage collector cannot see that they keep this
+        reducer (its buckets, their buffers) alive: without ``close`` a finished trainer's reducer
+        and parameters would stay in memory until the interpreter exits."""
         for handle in self._handles:
             handle.remove()
         self._handles = []

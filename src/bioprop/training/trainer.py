@@ -297,6 +297,8 @@ class Trainer:
         self.folder.write_config(run_config)
         if self.metrics:  # a run killed between its checkpoint and its metrics files
             self.folder.write_metrics(self.config, self.metrics)
+        if self.reducer is not None:
+            self.reducer.attach()  # hooked since __init__, unless an earlier fit() closed it
         try:
             with self.stop:
                 self.callbacks.on_train_start(self)
@@ -307,6 +309,8 @@ class Trainer:
         finally:
             self.callbacks.close()
             self.folder.release()
+            if self.reducer is not None:  # else its hooks keep it and the parameters alive until exit
+                self.reducer.close()
         self.callbacks.on_train_end(self, self.metrics)
         return self.metrics
 
