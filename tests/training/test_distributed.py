@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from bioprop.data import DataConfig, load_data
 from bioprop.rules import RULES
-from bioprop.training import AdamConfig, TrainConfig, Trainer
+from bioprop.training import AdamConfig, TrainConfig, Trainer, distributed
 
 TP = [name for name in RULES.names() if "schedule" in {f for f in RULES.get(name).Options.__dataclass_fields__}]
 CASES = [(rule, {}) for rule in RULES.names() if rule not in TP]
@@ -46,10 +46,9 @@ def worker(rank, world_size, port, shared_data, jobs, results):
             if rank == 0:
                 results[key] = ({k: v.clone() for k, v in trainer.rule.state_dict().items() if torch.is_tensor(v)},
                                 trainer.metrics)
+            del trainer
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()  # leave together, as the CLI does: gloo aborts a rank torn down mid-exchange
-            torch.distributed.destroy_process_group()
+        distributed.leave_process_group(together=True)  # as the CLI leaves
 
 
 def run_parallel(shared_data, jobs, world_size=2):

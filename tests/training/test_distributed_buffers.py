@@ -52,9 +52,7 @@ def join_job(rank: int, world_size: int, port: int) -> distributed.DataParallel:
 
 
 def leave_job() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()  # leave together: gloo aborts a rank torn down mid-exchange
-        torch.distributed.destroy_process_group()
+    distributed.leave_process_group(together=True)  # as the CLI leaves
 
 
 def tensors(module) -> dict:

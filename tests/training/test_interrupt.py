@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from bioprop.data import DataConfig
-from bioprop.training import AdamConfig, Callback, TrainConfig, Trainer, TrainingInterrupted, without_timings
+from bioprop.training import AdamConfig, Callback, TrainConfig, Trainer, TrainingInterrupted, distributed, without_timings
 from bioprop.training.interrupt import AGREE_EVERY, StopRequests
 
 from synthetic_data import in_memory
@@ -141,8 +141,8 @@ def signalled_worker(rank, world_size, port, out, results):
     except TrainingInterrupted as stopped:
         results[rank] = (trainer.pass_state.step, str(stopped))
     finally:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        del trainer
+        distributed.leave_process_group(together=True)  # as the CLI leaves
 
 
 def test_in_a_data_parallel_job_every_rank_stops_at_the_same_step(tmp_path):

@@ -15,7 +15,7 @@ from bioprop.cli import data, info, plan, presets, report, reproduce, search, tr
 from bioprop.cli.args import Parser, UsageError, printable
 from bioprop.errors import BiopropError
 from bioprop.training import DivergenceError, TrainingInterrupted
-from bioprop.training.distributed import is_main_process
+from bioprop.training.distributed import is_main_process, leave_process_group
 
 COMMANDS = [train, data, info, presets, reproduce, report, search, plan]
 
@@ -69,26 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bioprop: interrupted", file=sys.stderr)
         return 130
     finally:
-        _leave_process_group(together=finished)
-
-
-def _leave_process_group(together: bool = False) -> None:
-    """Under torchrun: leave the process group cleanly (a process exiting with gloo's threads still
-    running aborts with "terminate called without an active exception"). What the finished runs
-    left for the garbage collector is freed first, while the group and the interpreter are whole:
-    objects freed during the interpreter's shutdown instead made a rank abort there now and then."""
-    import gc
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        gc.collect()
-        if together:  # a command that finished on every rank: wait for the others, then leave together
-            try:
-                dist.barrier()
-            except RuntimeError:  # another rank is gone already
-                pass
-        dist.destroy_process_group()
+        leave_process_group(together=finished)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ NCCL on CUDA and gloo on the CPU (gloo also carries CPU tensors of CUDA jobs).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -157,6 +158,22 @@ def from_environment(device: torch.device) -> tuple[DataParallel, torch.device]:
     if not dist.is_initialized():  # gloo for CPU tensors (counters, objects) also on CUDA jobs
         dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return DataParallel(rank=rank, world_size=world_size, local_rank=local_rank, device=device), device
+
+
+def leave_process_group(together: bool = False) -> None:
+    """Leaves the ``torchrun`` job, if any, cleanly (a process exiting with gloo's threads still
+    running aborts with "terminate called without an active exception"). What finished runs left for
+    the garbage collector is freed first, while the group and the interpreter are whole: objects
+    freed during the interpreter's shutdown made a rank abort there now and then. ``together``: a
+    command that finished on every rank waits for the others, then all leave."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        if together:
+            try:
+                dist.barrier()
+            except RuntimeError:  # another rank is gone already
+                pass
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
