@@ -154,8 +154,7 @@ class LearningRule(nn.Module):
     #: the task set with ``rule.task = ...`` / ``create_rule(task=...)``; None: the model's
     _task: Task | None = None
     #: why :meth:`wrap` refuses a user's ``nn.Module`` (rules that cannot wrap one say what they need)
-    wrap_refusal: ClassVar[str] = ("it needs a bioprop Network's blocks (each layer's input and output, and for "
-                                   "target propagation an inverse per block)")
+    wrap_refusal: ClassVar[str] = "it needs a bioprop Network's blocks (each block's input and output)"
     #: whether a backward pass through ``rule(x)`` is the rule's update (else it raises)
     trains_through_autograd: ClassVar[bool] = False
     #: whether the rule may run on a model another rule wraps (``bp``: with that rule switched off)

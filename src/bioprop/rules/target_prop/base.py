@@ -169,6 +169,7 @@ class TargetPropagationRule(LearningRule):
     groups = ("forward", "inverse")
     default_inverse_loss: ClassVar[str] = "denoising"
     has_output_inverse: ClassVar[bool] = True
+    wrap_refusal = "it learns an inverse per block of a bioprop Network and sends targets down through them"
 
     def __init__(self, model, options=None, seed=0):
         super().__init__(model, options, seed)  # checks the options
