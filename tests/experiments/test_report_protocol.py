@@ -51,7 +51,7 @@ def test_the_paper_protocol_column_comes_from_the_paper_runs_else_is_marked(tmp_
     verdicts = section(text, "Against the paper")
     assert "ours, honest: test at best val | n | verdict (±0.3 pp) | ours, paper's protocol: best test" in verdicts
     assert row(verdicts, "| FC BP |") == ("| FC BP | 1.48 | 1.70 ± 0.14 | 2 | within ±0.3 (+0.22), boundary within "
-                                          "1 std | 1.35 ± 0.07 | 2 | within ±0.3 (-0.13) | 2/3 | 2, 2 |")
+                                          "1 std | 1.35 ± 0.07 | 2 | within ±0.3 (-0.13) | 2, 3 | 2, 2 |")
     assert "| 2.00 (honest runs) | 1 | " in row(verdicts, "| FC FA |")  # no paper-protocol run of FA
     best = section(text, "Best test error over training (the paper's protocol)")
     assert "trained on all the training data" in best
@@ -106,7 +106,15 @@ def test_epochs_run_sorts_as_numbers(tmp_path):
     write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0] * 19 + [1.5], [3.0] * 19 + [1.0])  # 20 epochs
     write_run(root, "mnist-fc-bp", "mnist-fc-bp", 1, [3.0] * 99 + [1.6], [3.0] * 99 + [1.0])  # 100 epochs
     text = write_report(root).read_text()
-    assert row(section(text, "Against the paper"), "| FC BP |").endswith("| 20/100 | 20, 100 |")
+    assert row(section(text, "Against the paper"), "| FC BP |").endswith("| 20, 100 | 20, 100 |")
+
+
+def test_epochs_run_shows_the_seeds_counted_not_an_unfinished_one(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0] * 9 + [1.5], [3.0] * 9 + [1.0])  # 10 of 10
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 1, [3.0, 2.0, 1.6], [3.0, 2.0, 1.0], budget=10)  # 3 of 10
+    against = row(section(write_report(root).read_text(), "Against the paper"), "| FC BP |")
+    assert "1; 1 unfinished (3/10 epochs), excluded" in against and against.endswith("| 10 | 10 |")
 
 
 def test_the_other_seed_averages_leave_out_the_same_seeds(tmp_path):

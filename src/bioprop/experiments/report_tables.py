@@ -136,7 +136,7 @@ def verdict(ours: float | None, paper: float | None, std: float | None = None) -
 def verdict_table(dataset: str, by_preset: dict[str, list[Run]], by_paper: dict[str, list[Run]]) -> list[str]:
     """One row per cell: the paper's number; ours honest (test error at the best-validation epoch) and
     ours under the paper's protocol (:func:`_protocol_source`), each as mean ± std with the seeds it
-    averages (n) and its verdict; the epochs run and the epoch each seed selected."""
+    averages (n) and its verdict; the epochs run and the epoch each counted seed selected."""
     lines = ["| Cell | paper test | ours, honest: test at best val | n | verdict (±0.3 pp) "
              "| ours, paper's protocol: best test | n | verdict | epochs run | best-val epoch (per seed) |",
              "|---|---:|---:|---|---|---:|---|---|---:|---|"]
@@ -151,7 +151,7 @@ def verdict_table(dataset: str, by_preset: dict[str, list[Run]], by_paper: dict[
             continue
         honest, best = stat(runs, "test_error_at_best_val"), stat(protocol_runs, "best_test_error")
         every = runs + [r for r in protocol_runs if r not in runs]
-        selected = ", ".join(str(r.summary.get("best_val_epoch", "–")) for r in runs) or "–"
+        selected = ", ".join(str(r.summary.get("best_val_epoch", "–")) for r in counted(runs)) or "–"
         honest_cells = [honest.fmt(), seeds_cell(runs), verdict(honest.mean, paper, honest.std)] if runs \
             else ["not run", "", ""]
         lines.append(f"| {label} | {_num(paper)} | {' | '.join(honest_cells)} | {best.fmt()}{source} | "

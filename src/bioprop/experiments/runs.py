@@ -167,8 +167,11 @@ def seeds_cell(runs: list[Run]) -> str:
 
 
 def epochs_run(runs: list[Run]) -> str:
-    """The epochs the runs reached, as numbers in order: "20/100"."""
-    return "/".join(str(e) for e in sorted({int(run.summary["epochs"]) for run in runs}))
+    """The epochs the :func:`counted` runs reached (all runs when none counts), as numbers in order:
+    "100" or "20, 100". An unfinished seed's progress is :func:`excluded`'s to say ("1 unfinished
+    (21/100 epochs), excluded"), not this column's."""
+    shown = counted(runs) or runs
+    return ", ".join(str(e) for e in sorted({int(run.summary["epochs"]) for run in shown}))
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
