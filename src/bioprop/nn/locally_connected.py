@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from bioprop.errors import BiopropError
+from bioprop.nn.init import glorot_uniform_
 
 __all__ = ["LocallyConnected2d", "locally_connected2d", "locally_connected2d_transpose",
            "lc_forward", "lc_input_grad", "lc_weight_grad", "same_padding"]
@@ -340,8 +341,7 @@ class LocallyConnected2d(nn.Module):
     def reset_parameters(self):
         """Glorot uniform with Keras' conv fans (C*kH*kW in, O*kH*kW out); zero bias."""
         area = self.kernel_size[0] * self.kernel_size[1]
-        bound = math.sqrt(6.0 / (self.in_channels * area + self.out_channels * area))
-        nn.init.uniform_(self.weight, -bound, bound)
+        glorot_uniform_(self.weight, self.in_channels * area, self.out_channels * area)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 

@@ -57,6 +57,7 @@ from torch import nn
 from bioprop.checks import suggest
 from bioprop.errors import BiopropError
 from bioprop.models import Network
+from bioprop.nn.init import glorot_uniform_bound
 from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options
 from bioprop.rules.wrapping import WrapsModel, keep_absent_entries, remove_tensor
 
@@ -137,13 +138,13 @@ class DirectFeedbackAlignment(WrapsModel, LearningRule):
     def feedback_weight(self, index: int) -> torch.Tensor:
         """``B_l`` (classes x units) for hidden layer ``index``, already scaled: a view plus a scale."""
         classes, units = self.num_classes, self.hidden_sizes[index]
-        return self.feedback_matrix[index: index + classes, :units] * math.sqrt(6.0 / (classes + units))
+        return self.feedback_matrix[index: index + classes, :units] * glorot_uniform_bound(classes, units)
 
     def project_error(self, error: torch.Tensor, index: int) -> torch.Tensor:
         """``B_l e`` for a batch of output errors ``(N, classes)`` -> ``(N, units_l)``."""
         classes, units = self.num_classes, self.hidden_sizes[index]
         window = self.feedback_matrix[index: index + classes, :units].to(error.dtype)
-        return error.mm(window) * math.sqrt(6.0 / (classes + units))
+        return error.mm(window) * glorot_uniform_bound(classes, units)
 
     def _draw(self, device) -> None:
         """``M``, uniform in [-1, 1), from the rule's seed, for ``num_classes`` and ``hidden_sizes``."""

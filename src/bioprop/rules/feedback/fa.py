@@ -37,7 +37,6 @@ symmetry), or let ``B`` learn through :meth:`feedback_gradient` (Kolen-Pollack, 
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,6 +50,7 @@ from bioprop.errors import BiopropError
 from bioprop.models import Network
 from bioprop.nn.affine import AffineOps
 from bioprop.nn.feedback_layers import feedback_affine
+from bioprop.nn.init import glorot_normal_std, glorot_uniform_bound
 from bioprop.rules.base import LearningRule, StepResult, register_rule, rule_options
 from bioprop.rules.feedback.coverage import FEEDBACK_LAYERS_TEXT, SUPPORTED, layer_coverage
 from bioprop.rules.feedback.sites import FeedbackSite, is_feedback_site
@@ -58,17 +58,15 @@ from bioprop.rules.wrapping import WrapsModel, remove_tensor, state_dict_hook_re
 
 
 def glorot_uniform_like(weight: torch.Tensor, ops: AffineOps, generator: torch.Generator) -> torch.Tensor:
-    fan_in, fan_out = ops.fans()
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    bound = glorot_uniform_bound(*ops.fans())
     sample = torch.rand(weight.shape, generator=generator, dtype=weight.dtype)
     return ((2 * sample - 1) * bound).to(weight.device)
 
 
 def glorot_normal_like(weight: torch.Tensor, ops: AffineOps, generator: torch.Generator) -> torch.Tensor:
     """N(0, 2 / (fan_in + fan_out)): Glorot-uniform's variance, Gaussian."""
-    fan_in, fan_out = ops.fans()
     sample = torch.randn(weight.shape, generator=generator, dtype=weight.dtype)
-    return (sample * math.sqrt(2.0 / (fan_in + fan_out))).to(weight.device)
+    return (sample * glorot_normal_std(*ops.fans())).to(weight.device)
 
 
 FEEDBACK_INITS = {"glorot-uniform": glorot_uniform_like, "glorot-normal": glorot_normal_like}

@@ -14,10 +14,9 @@ fan_out))]``). ``B`` follows ``W``'s signs as ``W`` learns, but never receives a
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from bioprop.nn.init import glorot_uniform_bound
 from bioprop.rules.base import LearningRule, register_rule
 from bioprop.rules.feedback.fa import CountsBatches, FeedbackAlignment, FeedbackSite, mixed_seed
 
@@ -62,8 +61,7 @@ class BatchwiseRandomSignFeedback(CountsBatches, FeedbackAlignment):
         """``|M_{l,t}|`` for the current batch counter ``t``."""
         weight = site.weight
         seed = mixed_seed(self.layer_generator(site.index).initial_seed(), self.feedback_step)
-        fan_in, fan_out = site.ops.fans()
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        bound = glorot_uniform_bound(*site.ops.fans())
         return self.seeded_draw("uniform", weight.shape, seed, weight.device, weight.dtype) * bound
 
     def feedback_weight(self, site):

@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bioprop.nn.init import glorot_uniform_bound
 from bioprop.rules.base import LearningRule, StepResult, register_rule
 from bioprop.rules.forward_only import require_network
 
@@ -58,7 +59,7 @@ class DirectRandomTargetProjection(LearningRule):
         matrix, ``s_l M[l : l + classes, : units_l]``, s_l = sqrt(6 / (classes + units_l))."""
         classes, units = self.num_classes, self.hidden_sizes[index]
         window = self.feedback_matrix[index: index + classes, :units].to(signal.dtype)
-        return signal.mm(window) * math.sqrt(6.0 / (classes + units))
+        return signal.mm(window) * glorot_uniform_bound(classes, units)
 
     def compute_gradients(self, x, y, groups):
         target = self.task.target(x, y)

@@ -38,6 +38,7 @@ from torch import nn
 from bioprop.models.network import Block, Conv2dSame
 from bioprop.nn import LocallyConnected2d
 from bioprop.nn.affine import AffineOps, affine_ops
+from bioprop.nn.init import glorot_uniform_
 
 
 def fast_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -54,12 +55,6 @@ def fast_tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x * 2).mul(2).sub(1)
 
 
-def _glorot_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    with torch.no_grad():
-        weight.uniform_(-bound, bound)
-
-
 class Inverse(nn.Module):
     """``g(h) = tanh(transposed_map(h; V) + c)`` reshaped to the block input's shape ``in_shape``."""
 
@@ -70,7 +65,7 @@ class Inverse(nn.Module):
         forward_weight = block.layer.weight
         self.weight = nn.Parameter(torch.empty(forward_weight.shape, dtype=forward_weight.dtype,
                                                device=forward_weight.device))
-        _glorot_(self.weight, *self._ops.fans())
+        glorot_uniform_(self.weight, *self._ops.fans())
         self.bias = nn.Parameter(torch.zeros(self.bias_shape(), dtype=forward_weight.dtype,
                                              device=forward_weight.device))
 
@@ -152,7 +147,7 @@ class OutputInverse(nn.Module):
         self.out_shape = tuple(out_shape)
         units = math.prod(self.out_shape)
         self.weight = nn.Parameter(torch.empty(in_features, units, dtype=like.dtype, device=like.device))
-        _glorot_(self.weight, in_features, units)
+        glorot_uniform_(self.weight, in_features, units)
         self.bias = nn.Parameter(torch.zeros(units, dtype=like.dtype, device=like.device))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

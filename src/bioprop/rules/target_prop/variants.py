@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bioprop.checks import check_int, check_number
+from bioprop.nn.init import glorot_uniform_bound
 from bioprop.rules.base import register_rule
 from bioprop.rules.target_prop.inverses import fast_tanh
 from bioprop.rules.target_prop.base import TargetPropagationRule, TPOptions
@@ -116,7 +117,7 @@ class AuxiliaryOutputSDTP(TargetPropagationRule):
         super().__init__(model, options, seed)
         units = math.prod(self.shapes[-2])
         weight = model.blocks[-1].layer.weight
-        bound = math.sqrt(6.0 / (units + self.options.aux_units))
+        bound = glorot_uniform_bound(units, self.options.aux_units)
         sample = torch.rand(self.options.aux_units, units, generator=self.layer_generator(len(model.blocks)),
                             dtype=weight.dtype)
         self.register_buffer("aux_weight", ((2 * sample - 1) * bound).to(weight.device))
