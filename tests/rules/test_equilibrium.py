@@ -41,8 +41,8 @@ def dense(block, in_shape):
     in the layer's parameters)."""
     size = math.prod(in_shape)
     basis = torch.eye(size, dtype=torch.float64).reshape(size, *in_shape)
-    offset = block.layer(block.prepare(torch.zeros(1, *in_shape, dtype=torch.float64))).flatten(1)
-    columns = block.layer(block.prepare(basis)).flatten(1) - offset
+    offset = block.layer(block.layer_input(torch.zeros(1, *in_shape, dtype=torch.float64))).flatten(1)
+    columns = block.layer(block.layer_input(basis)).flatten(1) - offset
     return columns.t(), offset[0]
 
 
@@ -169,7 +169,7 @@ def energy(rule, x, u):
     log_cosh = [value.abs() + torch.log1p(torch.exp(-2 * value.abs())) - math.log(2) for value in u]
     total = sum((si * ui - lc).flatten(1).sum(1) for si, ui, lc in zip(s, u, log_cosh))
     for k, block in enumerate(rule.model.blocks[:-1]):
-        total = total - (s[k] * block.layer(block.prepare(x if k == 0 else s[k - 1]))).flatten(1).sum(1)
+        total = total - (s[k] * block.layer(block.layer_input(x if k == 0 else s[k - 1]))).flatten(1).sum(1)
     return total
 
 

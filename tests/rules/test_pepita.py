@@ -70,7 +70,7 @@ def test_feature_map_layers_use_their_weight_gradient_map_of_the_difference(mode
         first_mod = network.blocks[0](modulated)
     second = network.blocks[1]
     with torch.enable_grad():
-        pre = second.layer(second.prepare(first_mod))
+        pre = second.layer(second.layer_input(first_mod))
         expected = torch.autograd.grad(pre, second.layer.weight, (hidden[1] - torch.tanh(pre.detach())) / len(x))[0]
     torch.testing.assert_close(second.layer.weight.grad, expected, rtol=1e-4, atol=1e-6)
 

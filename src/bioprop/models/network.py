@@ -55,7 +55,7 @@ class Block(nn.Module):
         self.activation = activation
         self.flatten = flatten
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def layer_input(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's input: ``x`` flattened to ``(N, features)`` where the block needs it."""
         return x.flatten(1) if self.flatten else x
 
@@ -63,7 +63,7 @@ class Block(nn.Module):
         return torch.tanh(pre_activation) if self.activation == "tanh" else pre_activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.layer(self.prepare(x)))
+        return self.activate(self.layer(self.layer_input(x)))
 
     def extra_repr(self) -> str:
         return f"activation={self.activation}, flatten={self.flatten}"

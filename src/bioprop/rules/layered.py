@@ -72,7 +72,7 @@ class LayeredMaps:
 
     def pre_activation(self, index: int, z: torch.Tensor) -> torch.Tensor:
         block = self.blocks[index]
-        return block.layer(block.prepare(z))
+        return block.layer(block.layer_input(z))
 
     def linear(self, index: int, z: torch.Tensor) -> torch.Tensor:
         """``W_l z``: the pre-activation without the bias (the map is linear in ``z``)."""
@@ -93,7 +93,7 @@ class LayeredMaps:
         return 1 - h * h if self.blocks[index].activation == "tanh" else None
 
     def _prepare(self, index: int, z: torch.Tensor) -> torch.Tensor:
-        return self.ops[index].prepare(self.blocks[index].prepare(z))
+        return self.ops[index].prepare(self.blocks[index].layer_input(z))
 
     def _has_padding(self, index: int) -> bool:
         return type(self.ops[index]).prepare is not AffineOps.prepare

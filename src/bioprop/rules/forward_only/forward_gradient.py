@@ -139,7 +139,7 @@ class ForwardGradient(StepSeeded, LearningRule):
         h = x
         for index, block in enumerate(self.model.blocks):
             weight, bias = values[index]
-            a = affine(block.layer, block.prepare(h), weight, bias)
+            a = affine(block.layer, block.layer_input(h), weight, bias)
             if perturbations is not None:
                 a = a + perturbations[index]
             h = block.activate(a)
@@ -159,7 +159,7 @@ class ForwardGradient(StepSeeded, LearningRule):
         """The unperturbed pass (the layers' own kernels): each block's input and pre-activation, the output."""
         inputs, pre_activations, h = [], [], x
         for block in self.model.blocks:
-            inputs.append(block.prepare(h))
+            inputs.append(block.layer_input(h))
             pre_activations.append(block.layer(inputs[-1]))
             h = block.activate(pre_activations[-1])
         return inputs, pre_activations, h

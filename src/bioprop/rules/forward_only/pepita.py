@@ -106,7 +106,7 @@ class Pepita(LearningRule):
             for index, block in enumerate(blocks):
                 last = index == len(blocks) - 1
                 delta = error if last else hidden[index].to(dtype) - modulated[index + 1].to(dtype)
-                self._write(block.layer, block.prepare(modulated[index]), delta / len(x))
+                self._write(block.layer, block.layer_input(modulated[index]), delta / len(x))
         return StepResult(loss.detach(), output.detach())
 
     @staticmethod

@@ -346,7 +346,7 @@ class TargetPropagationRule(LearningRule):
     def block_without_graph(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """f_l(x) = block(x) of the 0-based block ``index``, without a graph, with the faster tanh."""
         block = self.model.blocks[index]
-        above = block.layer(block.prepare(x))
+        above = block.layer(block.layer_input(x))
         return fast_tanh(above) if block.activation == "tanh" else above
 
     def output_loss(self, logits: torch.Tensor, h: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
