@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bioprop.models.network import Conv2dSame
+from bioprop.nn import Conv2dSame
 from bioprop.nn import LocallyConnected2d
 from bioprop.nn.affine import affine_ops
 

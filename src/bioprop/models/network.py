@@ -1,7 +1,7 @@
 """The one model structure every learning rule understands: a stack of blocks.
 
 A :class:`Block` is ``(optional flatten) -> affine layer -> activation``, where the affine
-layer is an ``nn.Linear``, a :class:`Conv2dSame` or a
+layer is an ``nn.Linear``, a :class:`~bioprop.nn.Conv2dSame` or a
 :class:`~bioprop.nn.LocallyConnected2d`. A :class:`Network` is a list of blocks whose last
 block produces the output (identity activation): logits for a classifier, the reconstructed
 input for an autoencoder (its ``task``, :mod:`bioprop.tasks`). Every network of Bartunov et al.
@@ -13,35 +13,8 @@ trains each block on a local loss.
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from bioprop.nn import LocallyConnected2d, same_padding
-
-
-class Conv2dSame(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow's SAME padding (possibly asymmetric) for any stride.
-
-    The padding is applied with ``F.pad`` before an unpadded convolution, so the output is
-    ``ceil(in / stride)`` wide, exactly like the locally-connected twin of the layer.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, in_size: tuple[int, int],
-                 kernel_size: int, stride: int = 1, bias: bool = True):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
-        self.in_size = tuple(in_size)
-        self.same_pad = same_padding(self.in_size, self.kernel_size, self.stride)  # (top, bottom, left, right)
-        self.out_size = tuple(math.ceil(size / s) for size, s in zip(self.in_size, self.stride))
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom, left, right = self.same_pad
-        return F.pad(x, (left, right, top, bottom)) if any(self.same_pad) else x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.pad(x))
 
 
 class Block(nn.Module):

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from bioprop.errors import BiopropError
-from bioprop.models.network import Block, Conv2dSame, Network
-from bioprop.nn import LocallyConnected2d
+from bioprop.models.network import Block, Network
+from bioprop.nn import Conv2dSame, LocallyConnected2d
 from bioprop.registry import Registry
 from bioprop.tasks import TASKS
 

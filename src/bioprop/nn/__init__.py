@@ -1,5 +1,7 @@
-"""Neural-network building blocks for bioprop."""
+"""Neural-network building blocks for bioprop: the layer types beyond torch's, their affine
+primitives (``affine.py``) and Glorot from explicit fans (``init.py``)."""
 
+from bioprop.nn.conv_same import Conv2dSame
 from bioprop.nn.locally_connected import (
     LocallyConnected2d,
     lc_forward,
@@ -11,6 +13,7 @@ from bioprop.nn.locally_connected import (
 )
 
 __all__ = [
+    "Conv2dSame",
     "LocallyConnected2d",
     "lc_forward",
     "lc_input_grad",

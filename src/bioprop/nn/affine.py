@@ -13,7 +13,7 @@ Learning rules never special-case layer types: they ask :func:`affine_ops` for a
 Supported (:data:`FEEDBACK_LAYER_TYPES`): ``nn.Linear`` (inputs of any shape ``(..., features)``),
 every convolution — ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` with any padding (numbers,
 ``"same"``/``"valid"``, any ``padding_mode``), stride, dilation, groups and output padding, batched
-or not — including :class:`~bioprop.models.Conv2dSame`, and :class:`~bioprop.nn.LocallyConnected2d`.
+or not — including :class:`~bioprop.nn.Conv2dSame`, and :class:`~bioprop.nn.LocallyConnected2d`.
 Each is a linear map of its input whose transpose is its own input gradient.
 
 Feedback alignment calls ``input_grad`` with a feedback weight ``B`` in place of ``W``; target
@@ -196,7 +196,7 @@ class ConvOps(AffineOps):
 
 
 class SamePaddedConvOps(ConvOps):
-    """Primitives of :class:`~bioprop.models.Conv2dSame`: its SAME padding (``layer.pad``), then an
+    """Primitives of :class:`~bioprop.nn.Conv2dSame`: its SAME padding (``layer.pad``), then an
     unpadded strided convolution."""
 
     def prepare(self, x):

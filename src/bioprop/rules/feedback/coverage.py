@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from bioprop.models import Conv2dSame
+from bioprop.nn import Conv2dSame
 from bioprop.nn.affine import FEEDBACK_LAYER_TYPES
 
 _OWN_FORWARDS = {layer_type.forward for layer_type in (*FEEDBACK_LAYER_TYPES, Conv2dSame)}

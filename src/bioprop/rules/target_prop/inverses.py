@@ -35,8 +35,8 @@ from functools import singledispatch
 import torch
 from torch import nn
 
-from bioprop.models.network import Block, Conv2dSame
-from bioprop.nn import LocallyConnected2d
+from bioprop.models.network import Block
+from bioprop.nn import Conv2dSame, LocallyConnected2d
 from bioprop.nn.affine import AffineOps, affine_ops
 from bioprop.nn.init import glorot_uniform_
 
