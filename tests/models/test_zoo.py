@@ -48,6 +48,7 @@ def test_forward_shapes_tanh_hidden_and_glorot(name):
     x = torch.randn(3, *model.input_shape)
     activations = model.hidden_activations(x)
     assert activations[-1].shape == (3, model.output_units)
+    assert [tuple(h.shape[1:]) for h in activations] == model.output_shapes()  # what the rules size from
     for h in activations[:-1]:
         assert h.abs().max() <= 1  # tanh
     assert [b.activation for b in model.blocks] == ["tanh"] * (len(model.blocks) - 1) + ["identity"]
@@ -62,6 +63,10 @@ def test_forward_shapes_tanh_hidden_and_glorot(name):
         bound = (6 / (fan_in + fan_out)) ** 0.5
         assert layer.weight.abs().max() <= bound
         assert layer.weight.abs().max() > 0.9 * bound
+
+
+def test_output_shapes_of_the_lc_network_are_the_papers():
+    assert create_model("mnist-lc").output_shapes() == [(32, 14, 14), (64, 7, 7), (1024,), (10,)]
 
 
 def test_same_padding_gives_ceil_sizes():

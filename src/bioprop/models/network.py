@@ -75,6 +75,13 @@ class Network(nn.Module):
     def layers(self) -> list[nn.Module]:
         return [block.layer for block in self.blocks]
 
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        """Every block's output shape without the batch dimension: ``(units,)`` for a linear layer,
+        ``(channels, height, width)`` for a map (``Conv2dSame``, ``LocallyConnected2d``: their
+        ``out_size``)."""
+        return [(layer.out_features,) if isinstance(layer, nn.Linear) else (layer.out_channels, *layer.out_size)
+                for layer in self.layers]
+
     @property
     def output_units(self) -> int:
         """Width of the output layer (the classes of a classifier)."""

@@ -105,7 +105,7 @@ class DirectFeedbackAlignment(WrapsModel, LearningRule):
         self._register_load_state_dict_pre_hook(self._read_old_checkpoint)
         if isinstance(model, Network) and not self.options.deliver_at.strip():
             self.num_classes = model.output_units  # the rows of B_l: output units (classes of a classifier)
-            self.hidden_sizes = _hidden_sizes(model)
+            self.hidden_sizes = [math.prod(shape) for shape in model.output_shapes()[:-1]]
             self._draw(model.layers[0].weight.device)
             self._checked = True  # a stack of blocks: no skip connection crosses a block boundary
             return
@@ -275,14 +275,3 @@ def _delivery_names(model: nn.Module, deliver_at: str) -> list[str]:
             raise BiopropError(f"dfa: {kind} has no submodule {name!r}{suggest(name, known)} "
                                f"(its submodules: {listing or 'none'})")
     return [name for name in known if name in requested]
-
-
-def _hidden_sizes(model) -> list[int]:
-    """Number of units in each hidden block's output (width x height x channels for maps)."""
-    sizes = []
-    for layer in model.layers[:-1]:
-        if hasattr(layer, "out_size"):
-            sizes.append(layer.out_channels * math.prod(layer.out_size))
-        else:
-            sizes.append(layer.out_features)
-    return sizes

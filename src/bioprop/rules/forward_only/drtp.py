@@ -48,7 +48,7 @@ class DirectRandomTargetProjection(LearningRule):
         super().__init__(model, options, seed)
         require_network(self, model)
         self.num_classes = model.output_units
-        self.hidden_sizes = [math.prod(shape) for shape in _output_shapes(model)[:-1]]
+        self.hidden_sizes = [math.prod(shape) for shape in model.output_shapes()[:-1]]
         rows = self.num_classes + max(len(self.hidden_sizes) - 1, 0)
         sample = torch.rand(rows, max(self.hidden_sizes), generator=self.layer_generator(0))
         reference = model.layers[0].weight
@@ -76,9 +76,3 @@ class DirectRandomTargetProjection(LearningRule):
             torch.autograd.backward([loss, *hidden], [torch.ones_like(loss), *signals])
         return StepResult(loss.detach(), logits.detach())
 
-
-
-def _output_shapes(model) -> list[tuple[int, ...]]:
-    """Every block's output shape without the batch (units; channels x height x width for maps)."""
-    return [(layer.out_features,) if hasattr(layer, "out_features") else (layer.out_channels, *layer.out_size)
-            for layer in model.layers]

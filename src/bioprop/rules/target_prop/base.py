@@ -150,17 +150,6 @@ def empty_with_layout(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tenso
     return storage.permute([order.index(dim) for dim in range(like.dim())])
 
 
-def output_shapes(model) -> list[tuple[int, ...]]:
-    """The shape (without the batch) of every block's output, from the layers' attributes."""
-    shapes = []
-    for layer in model.layers:
-        if isinstance(layer, nn.Linear):
-            shapes.append((layer.out_features,))
-        else:
-            shapes.append((layer.out_channels, *layer.out_size))
-    return shapes
-
-
 class TargetPropagationRule(LearningRule):
     """Base class of the family. Defaults are SDTP's: the output layer has a learned inverse
     from the task's prediction (class probabilities), and targets use the difference correction."""
@@ -175,7 +164,7 @@ class TargetPropagationRule(LearningRule):
         super().__init__(model, options, seed)  # checks the options
         self.check_network(model)
         blocks = model.blocks
-        self.shapes = output_shapes(model)
+        self.shapes = model.output_shapes()
         self.inverses = nn.ModuleDict()
         for index in range(1, len(blocks) - 1):
             self.inverses[self.layer_name(index)] = build_inverse(blocks[index], self.shapes[index - 1])
