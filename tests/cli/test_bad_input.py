@@ -227,6 +227,8 @@ def test_other_commands_refuse_bad_input(tmp_path, capsys):
     refused(capsys, ["data", "fetch", "cifar"], "unknown dataset 'cifar'; did you mean 'cifar10'")
     refused(capsys, ["data", "verify", "imagenet-32"], "unknown dataset 'imagenet-32'; did you mean 'imagenet32'")
     refused(capsys, ["report", str(tmp_path / "missing")], f"report: SOURCE '{tmp_path / 'missing'}' does not exist")
+    refused(capsys, ["report", str(tmp_path), "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'",
+            "bioprop report")
     refused(capsys, ["plan", "--model", "mnist-fc", "--rule", "dtp", "--batch-size", "8", "--noise", "nan"],
             "argument --noise: expected a finite number", "bioprop plan")
     refused(capsys, ["plan", "--model", "mnist-fc", "--rule", "dtp", "--batch-size", "8", "--memory",

@@ -129,3 +129,30 @@ def test_the_other_seed_averages_leave_out_the_same_seeds(tmp_path):
     beyond = section(text, "Every rule, the paper's and those beyond it")
     assert "| FC | KP | 0.000168 | 3.00 | 3.00 | 1.50 | 1; 1 diverged, excluded | 2 |" in beyond
     assert "| FC AO-SDTP, parallel | 128 | 50.00 (1 unfinished (2/4 epochs), excluded) |" in text
+
+
+def test_read_at_an_epoch_compares_runs_of_different_lengths_at_one_budget(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0, 2.0, 1.5, 0.5], [3.0, 2.0, 1.0, 0.5])  # 4 epochs
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 1, [3.0, 2.4, 1.6], [3.0, 2.0, 1.8], budget=6)  # 3 of 6
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 2, [3.0], [3.0], budget=6)  # 1 of 6
+    write_run(root, "mnist-fc-fa", "mnist-fc-fa", 0, [4.0, 3.0, 2.5], [4.0, 3.0, 2.0], status="diverged")  # in epoch 4
+    write_run(root, "mnist-fc-dfa", "mnist-fc-dfa", 0, [4.0, 3.5], [4.0, 3.0], budget=5, status="diverged")  # in 3
+    text = write_report(root, tmp_path / "report", epochs=3).read_text()
+    against = section(text, "Against the paper")
+    # seeds 0 and 1 at epoch 3 (seed 0's fourth epoch ignored: its 0.5 would win), seed 2 unfinished
+    assert row(against, "| FC BP |").startswith("| FC BP | 1.48 | 1.55 ± 0.07 | 2; 1 unfinished (1/3 epochs), excluded |")
+    assert row(against, "| FC FA |").startswith("| FC FA | 1.85 | 2.50 | 1 |")  # diverged after epoch 3: fine there
+    assert "1 diverged, excluded" in row(against, "| FC DFA |")  # diverged before it
+    assert "every run read at epoch 3 (`bioprop report --epochs 3`)" in text.split("## Budget")[1]
+    assert "--epochs 3" in text.split("## Commands")[1]
+    exported = json.loads((tmp_path / "report" / "runs" / "mnist-fc-bp" / "seed0.json").read_text())
+    assert len(exported["metrics"]) == 4  # exported whole
+
+
+def test_without_an_epoch_the_runs_own_budgets_decide(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0, 2.0, 1.5, 0.5], [3.0, 2.0, 1.0, 0.5])
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 1, [3.0, 2.4, 1.6], [3.0, 2.0, 1.8], budget=6)
+    against = section(write_report(root).read_text(), "Against the paper")
+    assert row(against, "| FC BP |").startswith("| FC BP | 1.48 | 0.50 | 1; 1 unfinished (3/6 epochs), excluded |")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bioprop.checks import check_output_folder, check_readable_folder
-from bioprop.cli.args import name, path
+from bioprop.cli.args import name, path, positive_int
 from bioprop.experiments.report import write_report
 
 
@@ -24,6 +24,10 @@ def add_parser(subparsers) -> None:
                         help="the report's title (default: Reproduction of Bartunov et al. (2018): DATASETS)")
     parser.add_argument("--note", help="a paragraph to put under the title (e.g. why this budget); kept in "
                         "OUT/reproduce.json for later runs")
+    parser.add_argument("--epochs", type=positive_int, metavar="N",
+                        help="read every run at epoch N: its later epochs are ignored, and a run that has not "
+                        "reached N is unfinished and left out of the means (to compare runs of different "
+                        "lengths at one budget) (default: each run's own budget)")
     parser.set_defaults(func=run)
 
 
@@ -36,6 +40,9 @@ def run(args) -> int:
         command += ["--study", study]
     if args.title:
         command += ["--title", args.title]
-    path = write_report(args.source, args.out, studies=args.study, title=args.title, command=command, note=args.note)
+    if args.epochs:
+        command += ["--epochs", str(args.epochs)]
+    path = write_report(args.source, args.out, studies=args.study, title=args.title, command=command, note=args.note,
+                        epochs=args.epochs)
     print(f"report: {path}")
     return 0

@@ -40,7 +40,7 @@ from bioprop.experiments.report_tables import (FALLBACK, TOLERANCE, cell_presets
                                                verdict, verdict_table)
 from bioprop.experiments.report_variants import variants_section
 from bioprop.experiments.reproduce import RECORD
-from bioprop.experiments.runs import Run, excluded, export_runs, group_runs, load_runs, stat
+from bioprop.experiments.runs import Run, at_epochs, excluded, export_runs, group_runs, load_runs, stat
 from bioprop.presets import PRESETS
 from bioprop.presets.paper import FASHION_MLP_OTHER, FASHION_SOURCE, METHODS
 from bioprop.training.checkpoint import save_json
@@ -120,9 +120,10 @@ def _commands_and_note(source: Path, out: Path, note: str | None) -> tuple[list[
     return commands, note
 
 
-def _report_command(source: Path, out: Path, command: list[str] | None) -> str:
+def _report_command(source: Path, out: Path, command: list[str] | None, epochs: int | None = None) -> str:
     """The ``bioprop report`` command line that rebuilds this report."""
-    words = command or ["report", str(source)] + (["--out", str(out)] if out.resolve() != source.resolve() else [])
+    words = command or (["report", str(source)] + (["--out", str(out)] if out.resolve() != source.resolve() else [])
+                        + (["--epochs", str(epochs)] if epochs else []))
     return "bioprop " + " ".join(shlex.quote(word) for word in words)
 
 
@@ -325,10 +326,12 @@ def _write_results_csv(rows: list[dict], out: Path) -> list[str]:
 
 
 def write_report(source: str | Path, out: str | Path | None = None, studies: list[str] | None = None,
-                 title: str | None = None, command: list[str] | None = None, note: str | None = None) -> Path:
+                 title: str | None = None, command: list[str] | None = None, note: str | None = None,
+                 epochs: int | None = None) -> Path:
     """Writes ``out/report.md`` (default ``out = source``) and its PNGs; when ``out`` differs
-    from ``source``, also the compact per-run JSON files, so ``out`` can be committed and the
-    report rebuilt from it alone. Returns the path of the Markdown file."""
+    from ``source``, also the compact per-run JSON files (every epoch, whatever ``epochs``), so
+    ``out`` can be committed and the report rebuilt from it alone. ``epochs``: read every run at
+    that epoch (:func:`~bioprop.experiments.runs.at_epochs`). Returns the path of the Markdown file."""
     source = _source_folder(source)
     out = Path(out) if out is not None else source
     out.mkdir(parents=True, exist_ok=True)
@@ -340,12 +343,16 @@ def write_report(source: str | Path, out: str | Path | None = None, studies: lis
     if out.resolve() != source.resolve():
         export_runs(runs, out)
     commands, note = _commands_and_note(source, out, note)
-    commands = commands + [_report_command(source, out, command)]
+    commands = commands + [_report_command(source, out, command, epochs)]
+    if epochs is not None:
+        runs = at_epochs(runs, epochs)
 
     by_preset, by_paper = runs_by_preset(runs), paper_protocol_runs(runs)
     datasets = _datasets(by_preset, by_paper)
     md = _header(title, datasets, len(runs), note)
-    md += ["## Budget", ""] + budget_section(runs) + [""]
+    read_at = [f"- every run read at epoch {epochs} (`bioprop report --epochs {epochs}`): its later epochs "
+               f"are ignored; a run that has not reached it is unfinished and left out"] if epochs else []
+    md += ["## Budget", ""] + read_at + budget_section(runs) + [""]
     csv_rows = []
     for dataset in datasets:
         md += _dataset_section(dataset, runs, by_preset, by_paper, out)

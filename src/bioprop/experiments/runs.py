@@ -15,7 +15,7 @@ import json
 import math
 import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bioprop.presets import PRESETS, Preset
@@ -95,6 +95,21 @@ def load_runs(root: str | Path) -> list[Run]:
     for run in runs:
         unique[(run.folder, run.seed)] = run
     return sorted(unique.values(), key=lambda r: (r.folder, r.seed))
+
+
+def at_epochs(runs: list[Run], epochs: int) -> list[Run]:
+    """Every run read as an ``epochs``-epoch run, to compare runs of different lengths at one budget
+    (``bioprop report --epochs``): its metrics up to that epoch, its budget ``epochs``. A run that
+    did not reach it is unfinished (left out of the means); one that diverged after it was fine
+    there (a diverged run's metrics hold its good epochs only)."""
+    read = []
+    for run in runs:
+        metrics = [row for row in run.metrics if int(row["epoch"]) <= epochs]
+        if not metrics:
+            continue
+        status = "ok" if run.status == "diverged" and len(run.metrics) >= epochs else run.status
+        read.append(replace(run, metrics=metrics, config={**run.config, "epochs": epochs}, status=status))
+    return read
 
 
 def export_runs(runs: list[Run], out: str | Path) -> list[Path]:
