@@ -105,3 +105,47 @@ def test_cli_sets_the_convention_for_every_group_of_the_rule():
     assert config.optimizers["feedback"].eps_convention == "tensorflow"  # a group that follows another
     with pytest.raises(UsageError, match="--eps-convention: invalid choice: 'keras'"):
         parse_args(["train", "--preset", "mnist-fc-bp", "--eps-convention", "keras"])
+
+
+# -- how much ε shrinks Adam's steps (the trainer's ``adam_step_scale`` and its warning) -------------
+
+
+def test_the_step_scale_is_sqrt_v_over_sqrt_v_plus_eps():
+    """A constant gradient g has v̂ = g² at every step, so the scale is |g| / (|g| + ε): 1/2 at g = ε."""
+    from bioprop.training.optimizers import adam_step_scale
+
+    weight, bias = torch.zeros(3, 4, requires_grad=True), torch.zeros(3, requires_grad=True)
+    names = {weight: "weight", bias: "bias"}
+    for eps, expected in ((1e-3, 0.5), (1e-1, 1e-3 / (1e-3 + 1e-1)), (1e-8, 1e-3 / (1e-3 + 1e-8))):
+        optimizer = make_optimizer([weight, bias], AdamConfig(lr=1e-3, eps=eps), "plain", torch.device("cpu"))
+        assert adam_step_scale(optimizer, names) == {}  # no step yet
+        for _ in range(3):
+            weight.grad, bias.grad = torch.full_like(weight, -1e-3), torch.full_like(bias, 1e-3)
+            optimizer.step()
+        assert adam_step_scale(optimizer, names) == {"weight": pytest.approx(expected, rel=1e-5)}  # no bias
+    sgd = make_optimizer([weight], AdamConfig(lr=1e-3, optimizer="sgd"), "plain", torch.device("cpu"))
+    weight.grad = torch.ones_like(weight)
+    sgd.step()
+    assert adam_step_scale(sgd, names) == {}
+
+
+def test_the_trainer_records_the_step_scale_and_warns_once_when_eps_swamps_the_gradients(shared_data, tmp_path):
+    from bioprop.data import DataConfig
+    from bioprop.training import TrainConfig, Trainer
+
+    def fit(eps, out):
+        notes = []
+        config = TrainConfig(data=DataConfig("mnist", data_dir=str(shared_data), val_size=1000), model="mnist-fc",
+                             rule="bp", epochs=2, batch_size=50, eval_batch_size=500, limit_batches=4,
+                             limit_eval_batches=1, device="cpu", optimizers={"forward": AdamConfig(eps=eps)})
+        trainer = Trainer(config, out=out, progress=False, log=notes.append)
+        trainer.fit()
+        return trainer.metrics, [note for note in notes if note.startswith("warning: Adam's eps")]
+
+    metrics, warnings = fit(1e-8, tmp_path / "small-eps")
+    scales = metrics[-1]["adam_step_scale"]
+    assert sorted(scales) == [f"forward/model.blocks.{i}.layer.weight" for i in range(6)]
+    assert min(scales.values()) > 0.9 and not warnings
+    metrics, warnings = fit(10.0, tmp_path / "huge-eps")  # gradients ~1e-3 against eps 10
+    assert max(metrics[-1]["adam_step_scale"].values()) < 0.01
+    assert len(warnings) == 1 and "6 weight(s)" in warnings[0] and "forward/model.blocks.0.layer.weight" in warnings[0]

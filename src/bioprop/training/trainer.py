@@ -43,7 +43,7 @@ from bioprop.training.config import TrainConfig, parse_checkpoint_every
 from bioprop.training.device import resolve_device
 from bioprop.training.evaluation import evaluate
 from bioprop.training.interrupt import AGREE_EVERY, StopRequests, TrainingInterrupted
-from bioprop.training.optimizers import make_optimizer, make_scheduler
+from bioprop.training.optimizers import adam_step_scale, make_optimizer, make_scheduler
 from bioprop.training.progress import progress_callback
 from bioprop.training.results import summarize
 from bioprop.training.run_folder import CHECKPOINT, RunFolder
@@ -109,6 +109,11 @@ class DeviceSums:
         self.loss.zero_(), self.metric.zero_()
 
 
+#: below this median step scale (:func:`~bioprop.training.optimizers.adam_step_scale`) the log warns: a
+#: weight whose steps are a hundredth of what its gradients ask barely trains
+STEP_SCALE_WARNING = 0.01
+
+
 class Trainer:
     """Builds data, model, rule and optimisers from a :class:`TrainConfig` and trains.
 
@@ -153,6 +158,7 @@ class Trainer:
             self.start_epoch, self.start_pass = 0, 0
             self.pass_rows: list[dict] = []
             self.pass_state = PassState()
+            self.warned_step_scale = False  # said once per run, the first epoch it happens
             if checkpoint is not None:
                 self._restore(checkpoint)
                 self._say_where_resumed()
@@ -476,12 +482,32 @@ class Trainer:
                                          self.autocast))
         row["seconds"] = sum(p["seconds"] for p in self.pass_rows)
         row["eval_seconds"] = time.perf_counter() - started
+        scales = self._adam_step_scales()
+        if scales:
+            row["adam_step_scale"] = scales
         if len(self.pass_rows) == 1:
             if "diagnostics" in last:
                 row["diagnostics"] = last["diagnostics"]
         else:
             row["passes"] = self.pass_rows
         return row
+
+    def _adam_step_scales(self) -> dict[str, float]:
+        """Per weight, ``group/name``: :func:`~bioprop.training.optimizers.adam_step_scale`. The first
+        epoch where ε shrinks some weight's steps below :data:`STEP_SCALE_WARNING` says so in the
+        log, naming them."""
+        names = {parameter: name for name, parameter in self.rule.named_parameters()}
+        scales = {f"{group}/{name}": scale for group, optimizer in self.optimizers.items()
+                  for name, scale in adam_step_scale(optimizer, names).items()}
+        shrunk = {key: scale for key, scale in scales.items() if scale < STEP_SCALE_WARNING}
+        if shrunk and not self.warned_step_scale and self.parallel.is_main:
+            listed = ", ".join(f"{key} {scale:.2g}" for key, scale in list(shrunk.items())[:6])
+            self.log(f"warning: Adam's eps shrinks the steps of {len(shrunk)} weight(s) below "
+                     f"{STEP_SCALE_WARNING:g} of what their gradients ask (median sqrt(v)/(sqrt(v)+eps): {listed}): "
+                     "their gradients are far below eps, and they barely train; a loss summed rather than "
+                     "averaged over units (forward_reduction=unit-sum) or a smaller eps lifts them")
+            self.warned_step_scale = True
+        return scales
 
     def _agree_on_buffers(self) -> None:
         """Rank 0's buffers on every process, if a step changed them since the last time (before an
