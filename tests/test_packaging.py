@@ -34,3 +34,20 @@ def test_make_install_has_the_setuptools_the_build_needs():
 def test_readme_says_where_the_command_line_is():
     quick_start = (ROOT / "README.md").read_text().split("## Quick start")[1].split("\n## ")[0]
     assert ".venv/bin/bioprop" in quick_start and "source .venv/bin/activate" in quick_start
+
+
+def test_the_exported_runs_of_a_committed_report_are_not_ignored():
+    """``bioprop report --out docs/results/X`` writes ``X/runs/<run>/seed<k>.json``, from which the report
+    is rebuilt; .gitignore keeps only the top-level ``runs/`` (the README's ``--out runs/...``) out."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0
+
+    assert not ignored("docs/results/mnist-fc-100/runs/mnist-fc-bp/seed0.json")
+    assert ignored("runs/mnist/mnist-fc-bp/seed0/checkpoint.pt")
