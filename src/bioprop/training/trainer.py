@@ -505,7 +505,8 @@ class Trainer:
             self.log(f"warning: Adam's eps shrinks the steps of {len(shrunk)} weight(s) below "
                      f"{STEP_SCALE_WARNING:g} of what their gradients ask (median sqrt(v)/(sqrt(v)+eps): {listed}): "
                      "their gradients are far below eps, and they barely train; a loss summed rather than "
-                     "averaged over units (forward_reduction=unit-sum) or a smaller eps lifts them")
+                     "averaged over units (the rule's forward_reduction or inverse_reduction) or a smaller eps "
+                     "for that group lifts them")
             self.warned_step_scale = True
         return scales
 
