@@ -149,3 +149,18 @@ def test_the_trainer_records_the_step_scale_and_warns_once_when_eps_swamps_the_g
     metrics, warnings = fit(10.0, tmp_path / "huge-eps")  # gradients ~1e-3 against eps 10
     assert max(metrics[-1]["adam_step_scale"].values()) < 0.01
     assert len(warnings) == 1 and "6 weight(s)" in warnings[0] and "forward/model.blocks.0.layer.weight" in warnings[0]
+
+
+def test_a_large_weight_is_read_at_evenly_spaced_elements(monkeypatch):
+    from bioprop.training import optimizers
+
+    weight = torch.zeros(64, 64, requires_grad=True)
+    optimizer = make_optimizer([weight], AdamConfig(lr=1e-3, eps=1e-3), "plain", torch.device("cpu"))
+    gradient = torch.full((64 * 64,), 1e-3)
+    gradient[::41] = 1e-1  # the elements a 100-element sample reads (4096 // 100 + 1 = 41 apart)
+    weight.grad = gradient.view(64, 64)
+    optimizer.step()
+    assert optimizers.adam_step_scale(optimizer, {weight: "weight"})["weight"] == pytest.approx(0.5, rel=1e-5)
+    monkeypatch.setattr(optimizers, "STEP_SCALE_SAMPLE", 100)
+    sampled = optimizers.adam_step_scale(optimizer, {weight: "weight"})["weight"]
+    assert sampled == pytest.approx(1e-1 / (1e-1 + 1e-3), rel=1e-5)

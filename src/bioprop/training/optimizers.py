@@ -74,13 +74,19 @@ def _tensorflow_epsilon(optimizer: torch.optim.Optimizer, args, kwargs, eps: flo
         group["eps"] = eps / math.sqrt(1.0 - group["betas"][1] ** group["tensorflow_step"])
 
 
+#: the most elements of a weight :func:`adam_step_scale` reads (evenly spaced beyond that)
+STEP_SCALE_SAMPLE = 1 << 20
+
+
 def adam_step_scale(optimizer: torch.optim.Optimizer, names: dict[torch.Tensor, str]) -> dict[str, float]:
     """How much Adam's ε shrinks each weight's steps: the median over its elements of
     √v̂ / (√v̂ + ε), the factor between Adam's step and the step it would take with ε = 0 (1: ε is
     negligible; 0.01: the steps are a hundredth of what the gradients ask, as when a loss averaged
     over thousands of units gives gradients far below ε). ``names``: parameter -> name; only
     tensors with two or more dimensions (weights) that have taken a step are measured. ``{}`` for
-    SGD. Uses the group's current ε (under ``eps_convention="tensorflow"``, the last step's)."""
+    SGD. Uses the group's current ε (under ``eps_convention="tensorflow"``, the last step's). A weight
+    of more than :data:`STEP_SCALE_SAMPLE` elements is read at that many evenly spaced ones (an
+    ImageNet-LC layer's temporaries would otherwise be gigabytes, once an epoch)."""
     if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
         return {}
     scales = {}
@@ -91,7 +97,10 @@ def adam_step_scale(optimizer: torch.optim.Optimizer, names: dict[torch.Tensor, 
             if parameter.dim() < 2 or "exp_avg_sq" not in state or parameter not in names:
                 continue
             step = float(state["step"])
-            root = (state["exp_avg_sq"].float() / (1.0 - beta2 ** step)).sqrt()
+            second_moment = state["exp_avg_sq"].detach().flatten()
+            if second_moment.numel() > STEP_SCALE_SAMPLE:  # evenly spaced elements: bounded memory and time
+                second_moment = second_moment[:: second_moment.numel() // STEP_SCALE_SAMPLE + 1]
+            root = (second_moment.float() / (1.0 - beta2 ** step)).sqrt()
             scales[names[parameter]] = float((root / (root + eps)).median())
     return scales
 
