@@ -40,8 +40,6 @@ def run(args) -> int:
         command += ["--study", study]
     if args.title:
         command += ["--title", args.title]
-    if args.epochs:
-        command += ["--epochs", str(args.epochs)]
     path = write_report(args.source, args.out, studies=args.study, title=args.title, command=command, note=args.note,
                         epochs=args.epochs)
     print(f"report: {path}")

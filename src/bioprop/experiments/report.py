@@ -122,8 +122,8 @@ def _commands_and_note(source: Path, out: Path, note: str | None) -> tuple[list[
 
 def _report_command(source: Path, out: Path, command: list[str] | None, epochs: int | None = None) -> str:
     """The ``bioprop report`` command line that rebuilds this report."""
-    words = command or (["report", str(source)] + (["--out", str(out)] if out.resolve() != source.resolve() else [])
-                        + (["--epochs", str(epochs)] if epochs else []))
+    words = command or ["report", str(source)] + (["--out", str(out)] if out.resolve() != source.resolve() else [])
+    words = words + (["--epochs", str(epochs)] if epochs else [])
     return "bioprop " + " ".join(shlex.quote(word) for word in words)
 
 
