@@ -95,3 +95,16 @@ def test_an_example_runs_as_a_script():
                              capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr
     assert "step     3  loss" in process.stdout and "test error" in process.stdout
+
+
+def test_penultimate_width_models_swap_only_that_width():
+    """examples/penultimate_width.py (issue 15): loaded as a config names it, each network is the
+    registered one with only the last hidden layer's width changed."""
+    from bioprop.models import create_model, model_factory
+
+    for name, registered, width in [("mnist_lc_penultimate_256", "mnist-lc", 256),
+                                    ("mnist_fc_penultimate_1024", "mnist-fc", 1024)]:
+        network = model_factory(f"{EXAMPLES / 'penultimate_width.py'}:{name}")()
+        shapes, expected = network.output_shapes(), create_model(registered).output_shapes()
+        assert shapes[-2] == (width,) != expected[-2]
+        assert shapes[:-2] == expected[:-2] and shapes[-1] == expected[-1] == (10,)
