@@ -291,3 +291,25 @@ def test_rules_check_their_options_when_built_directly():
     with pytest.raises(BiopropError, match="alpha must be a finite number > 0, got nan"):
         DifferenceTargetProp(create_model("mnist-fc"), options)
     good_config(rule="dtp", rule_options={"noise": 0, "alpha": 1, "schedule": "alternating"}).validate()
+
+
+def test_a_boolean_rule_option_parses_true_and_false(monkeypatch):
+    """A rule option whose default is a bool gets a true/false flag: ``type=bool`` would read the
+    string "false" as True."""
+    import argparse
+    import dataclasses
+
+    from bioprop.cli import train as train_cli
+
+    @dataclasses.dataclass
+    class Options:
+        symmetric: bool = False
+
+    monkeypatch.setattr(train_cli, "rule_option_fields", lambda: {"symmetric": dataclasses.fields(Options)[0]})
+    monkeypatch.setattr(train_cli, "default_help", lambda defaults: "")
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    train_cli.add_rule_options(parser, "options")
+    assert parser.parse_args(["--symmetric", "false"]).rule_symmetric is False
+    assert parser.parse_args(["--symmetric", "Yes"]).rule_symmetric is True
+    with pytest.raises(argparse.ArgumentError, match="expected true or false, got 'maybe'"):
+        parser.parse_args(["--symmetric", "maybe"])

@@ -141,6 +141,16 @@ def integer(minimum: int | None = None, maximum: int | None = None):
     return convert
 
 
+def boolean(text: str) -> bool:
+    """argparse ``type``: true/false (also yes/no, on/off, 1/0); ``bool("False")`` would be True."""
+    value = str(text).strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 finite_float = number()
 any_int = integer()
 positive_int = integer(1)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bioprop.checks import check_output_folder
-from bioprop.cli.args import any_int, finite_float, name, path, seed_int
+from bioprop.cli.args import any_int, boolean, finite_float, name, path, seed_int
 from bioprop.cli.optimizer_flags import RULE_OPTION_HINTS, add_optimizer_flags, apply_optimizer_flags, hinted
 from bioprop.data import DATASETS, DataConfig
 from bioprop.data.sources import check_data_folder
@@ -37,7 +37,7 @@ def add_rule_options(parser: argparse.ArgumentParser, title: str) -> None:
     options = parser.add_argument_group(title)
     for option_name, option in rule_option_fields().items():
         kind = type(option.default) if option.default is not None else str
-        kind = {float: finite_float, int: any_int}.get(kind, name)
+        kind = {bool: boolean, float: finite_float, int: any_int}.get(kind, name)
         if option_name in RULE_OPTION_HINTS:  # --schedule cosine: a pointer to --lr-schedule
             kind = hinted(kind, RULE_OPTION_HINTS[option_name])
         defaults = {rule: field.default for rule in RULES.names()
