@@ -83,3 +83,23 @@ def test_no_variants_no_section(tmp_path):
     text = write_report(root).read_text()
     assert "## Variants" not in text and not (root / "variants.csv").exists()
     assert row(text, "| `mnist-fc-dtp-parallel.protocol=paper` |")
+
+
+def test_two_studies_of_one_preset_show_every_setting(tmp_path):
+    """Two --vary studies of one preset in one folder (one varying an option, one the model, as
+    `examples/penultimate_width.py`'s runs do): each row names its own setting of the other key,
+    read from its config, and the preset's own row names its model."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(root, PRESET, PRESET, seed, [5.0, 2.3], [5.0, 1.0])
+    write_run(root, f"{PRESET}.forward_reduction=element-mean", PRESET, 0, [5.0, 3.0], [5.0, 1.0],
+              variant={"forward_reduction": "element-mean"})
+    model = "examples/penultimate_width.py:mnist_fc_penultimate_1024"
+    write_run(root, f"{PRESET}.penultimate=1024", PRESET, 0, [5.0, 2.0], [5.0, 1.0], variant={"model": model})
+    variants = write_report(root).read_text().split("## Variants")[1].split("\n## ")[0]
+    lines = [line for line in variants.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| `forward_reduction` | `model` | n |")
+    assert [line.split(" | ")[:3] for line in lines[1:]] == [
+        ["| unit-sum", model, "1"],
+        ["| unit-sum (preset's own)", "mnist-fc (preset's own)", "2"],
+        ["| element-mean", "mnist-fc", "1"]]

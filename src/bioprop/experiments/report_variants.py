@@ -35,7 +35,9 @@ def in_study(run: Run) -> bool:
 
 
 def own_value(run: Run, key: str) -> str:
-    """The preset's own setting of a varied ``key``, read from a plain run's config."""
+    """The setting of a varied ``key`` in ``run``'s config: the preset's own, read from a plain run (or a
+    variant's, for a key another study varied). ``key`` is an optimiser setting, a rule option, or a
+    config field such as ``model``."""
     config = run.config
     optimizers = config.get("optimizers", {})
     group, _, name = key.rpartition(".")
@@ -43,6 +45,8 @@ def own_value(run: Run, key: str) -> str:
         return "honest"
     if key == "val_size":
         return str(config.get("data", {}).get("val_size", "?"))
+    if key in config and not isinstance(config[key], (dict, list)):  # model, rule, seed, ...
+        return str(config[key])
     if group:
         return str(optimizers.get(group, {}).get(name, "?"))
     if key in ADAM_FIELDS:  # one value per parameter group: "0.001/0.0001" when they differ
@@ -69,7 +73,9 @@ def _order(runs: list[Run]) -> tuple:
 def _table(folders: dict[str, list[Run]], plain: list[Run]) -> list[str]:
     """One preset's table: a row per variant folder (and its plain runs), best first."""
     keys = list(dict.fromkeys(key for runs in folders.values() for key in runs[0].variant))
-    rows = [([str(runs[0].variant.get(key, "")) for key in keys], runs) for runs in folders.values()]
+    # a key another study of this preset varied: the setting this row's runs had
+    rows = [([str(runs[0].variant[key]) if key in runs[0].variant else own_value(runs[0], key) for key in keys], runs)
+            for runs in folders.values()]
     if plain:
         rows.append(([f"{own_value(plain[0], key)} (preset's own)" for key in keys], plain))
     rows.sort(key=lambda row: _order(row[1]))
