@@ -156,3 +156,26 @@ def test_without_an_epoch_the_runs_own_budgets_decide(tmp_path):
     write_run(root, "mnist-fc-bp", "mnist-fc-bp", 1, [3.0, 2.4, 1.6], [3.0, 2.0, 1.8], budget=6)
     against = section(write_report(root).read_text(), "Against the paper")
     assert row(against, "| FC BP |").startswith("| FC BP | 1.48 | 0.50 | 1; 1 unfinished (3/6 epochs), excluded |")
+
+
+def test_a_rebuild_from_the_export_reads_at_the_kept_epoch_with_the_kept_title_and_note(tmp_path):
+    """`bioprop report docs/results/X` rebuilds the report X was: --epochs, --title and --note are
+    kept with it (the export holds every epoch, so without the kept epoch the rebuild would differ)."""
+    root, docs = tmp_path / "runs", tmp_path / "docs"
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0, 2.0, 1.5, 0.5], [3.0, 2.0, 1.0, 0.5])
+    first = write_report(root, docs, epochs=3, title="At three epochs", note="Why three.").read_text()
+    rebuilt = write_report(docs).read_text()
+    for text in (first, rebuilt):
+        assert text.startswith("# At three epochs\n") and "Why three." in text
+        assert row(section(text, "Against the paper"), "| FC BP |").startswith("| FC BP | 1.48 | 1.50 | 1 |")
+    assert row(section(write_report(docs, epochs=4).read_text(), "Against the paper"),
+               "| FC BP |").startswith("| FC BP | 1.48 | 0.50 | 1 |")  # one given overrides the kept one
+
+
+def test_a_live_runs_folder_does_not_keep_the_epoch(tmp_path):
+    """Reported in place with --epochs, a runs folder still reports at the runs' own budgets next
+    time (the report `reproduce` writes after extending the runs must not stay at the old epoch)."""
+    root = tmp_path / "runs"
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0, 2.0, 1.5, 0.5], [3.0, 2.0, 1.0, 0.5])
+    assert "| FC BP | 1.48 | 1.50 | 1 |" in write_report(root, epochs=3).read_text()
+    assert "| FC BP | 1.48 | 0.50 | 1 |" in write_report(root).read_text()

@@ -21,13 +21,14 @@ def add_parser(subparsers) -> None:
                         help="an Optuna storage (search.db path or URL) whose studies get Figure 5 histograms; "
                         "repeatable (default: SOURCE/search*.db and SOURCE/*/search.db)")
     parser.add_argument("--title", type=name,
-                        help="the report's title (default: Reproduction of Bartunov et al. (2018): DATASETS)")
+                        help="the report's title (default: the one kept in OUT/reproduce.json, else Reproduction of "
+                        "Bartunov et al. (2018): DATASETS)")
     parser.add_argument("--note", help="a paragraph to put under the title (e.g. why this budget); kept in "
                         "OUT/reproduce.json for later runs")
     parser.add_argument("--epochs", type=positive_int, metavar="N",
                         help="read every run at epoch N: its later epochs are ignored, and a run that has not "
                         "reached N is unfinished and left out of the means (to compare runs of different "
-                        "lengths at one budget) (default: each run's own budget)")
+                        "lengths at one budget) (default: the N kept in OUT/reproduce.json, else each run's own budget)")
     parser.set_defaults(func=run)
 
 

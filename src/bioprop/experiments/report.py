@@ -40,7 +40,7 @@ from bioprop.experiments.report_tables import (FALLBACK, TOLERANCE, cell_presets
                                                verdict, verdict_table)
 from bioprop.experiments.report_variants import variants_section
 from bioprop.experiments.reproduce import RECORD
-from bioprop.experiments.runs import Run, at_epochs, excluded, export_runs, group_runs, load_runs, stat
+from bioprop.experiments.runs import EXPORT, Run, at_epochs, excluded, export_runs, group_runs, load_runs, stat
 from bioprop.presets import PRESETS
 from bioprop.presets.paper import FASHION_MLP_OTHER, FASHION_SOURCE, METHODS
 from bioprop.training.checkpoint import save_json
@@ -104,20 +104,27 @@ def _study_sources(root: Path, studies: list[str] | None) -> list[str]:
     return urls
 
 
-def _commands_and_note(source: Path, out: Path, note: str | None) -> tuple[list[str], str | None]:
-    """The commands that made the runs (``source``'s :data:`RECORD`) and the report's note: the one
-    given, else the one kept with the report in ``out``, else ``source``'s. Keeps both in ``out``'s
-    record when ``out`` is another folder or there is a note."""
+KEPT = ("note", "title", "epochs")  # settings kept with an exported report, so a rebuild gives the same one
+
+
+def _commands_and_settings(source: Path, out: Path, given: dict) -> tuple[list[str], dict]:
+    """The commands that made the runs (``source``'s :data:`RECORD`) and the report's settings
+    (:data:`KEPT`): each one given, else the one kept with the report in ``out``, else ``source``'s.
+    Kept in ``out``'s record when ``out`` is another folder or one was given, so that
+    ``bioprop report <out>`` rebuilds the same report (read at the same epoch, with its title).
+    A live runs folder (no exported ``runs/``) keeps only its note: a later ``reproduce`` there
+    reports every run at its own budget, not at an epoch once asked for."""
     record_file = source / RECORD
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
-    commands = record.get("commands", [])
-    if note is None and (out / RECORD).exists():  # a note given once stays with the report
-        note = json.loads((out / RECORD).read_text()).get("note")
-    if note is None:
-        note = record.get("note")
-    if out.resolve() != source.resolve() or note is not None:
-        save_json({"commands": commands, **({"note": note} if note else {})}, out / RECORD)
-    return commands, note
+    kept = json.loads((out / RECORD).read_text()) if (out / RECORD).exists() else {}
+    keys = KEPT if (out / EXPORT).is_dir() else ("note",)
+    settings = {key: next((value for value in (given.get(key), kept.get(key) if key in keys else None,
+                                               record.get(key) if key in keys else None) if value is not None), None)
+                for key in KEPT}
+    if out.resolve() != source.resolve() or any(given.get(key) is not None for key in keys):
+        save_json({"commands": record.get("commands", []),
+                   **{key: settings[key] for key in keys if settings[key] is not None}}, out / RECORD)
+    return record.get("commands", []), settings
 
 
 def _report_command(source: Path, out: Path, command: list[str] | None, epochs: int | None = None) -> str:
@@ -331,7 +338,8 @@ def write_report(source: str | Path, out: str | Path | None = None, studies: lis
     """Writes ``out/report.md`` (default ``out = source``) and its PNGs; when ``out`` differs
     from ``source``, also the compact per-run JSON files (every epoch, whatever ``epochs``), so
     ``out`` can be committed and the report rebuilt from it alone. ``epochs``: read every run at
-    that epoch (:func:`~bioprop.experiments.runs.at_epochs`). Returns the path of the Markdown file."""
+    that epoch (:func:`~bioprop.experiments.runs.at_epochs`). ``note``, ``title`` and ``epochs`` are
+    kept with the report: a rebuild without them uses the kept ones. Returns the path of the Markdown file."""
     source = _source_folder(source)
     out = Path(out) if out is not None else source
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +350,8 @@ def write_report(source: str | Path, out: str | Path | None = None, studies: lis
                            "<run>/seed<k>/metrics.jsonl, or runs/<run>/seed<k>.json) and no search studies")
     if out.resolve() != source.resolve():
         export_runs(runs, out)
-    commands, note = _commands_and_note(source, out, note)
+    commands, settings = _commands_and_settings(source, out, {"note": note, "title": title, "epochs": epochs})
+    note, title, epochs = settings["note"], settings["title"], settings["epochs"]
     commands = commands + [_report_command(source, out, command, epochs)]
     if epochs is not None:
         runs = at_epochs(runs, epochs)
