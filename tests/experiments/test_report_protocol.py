@@ -7,6 +7,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from bioprop.experiments.report import verdict, write_report
 from bioprop.presets import get_preset
 
@@ -179,3 +181,30 @@ def test_a_live_runs_folder_does_not_keep_the_epoch(tmp_path):
     write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0, 2.0, 1.5, 0.5], [3.0, 2.0, 1.0, 0.5])
     assert "| FC BP | 1.48 | 1.50 | 1 |" in write_report(root, epochs=3).read_text()
     assert "| FC BP | 1.48 | 0.50 | 1 |" in write_report(root).read_text()
+
+
+def test_a_crash_while_writing_a_report_leaves_the_previous_files_whole(tmp_path, monkeypatch):
+    """report.md, results.csv and the PNGs are written atomically: a write that fails midway (a full
+    disk, an interrupt) leaves the previous file, not a truncated one, and no temporary file."""
+    import os
+
+    root, docs = tmp_path / "runs", tmp_path / "docs"
+    write_run(root, "mnist-fc-bp", "mnist-fc-bp", 0, [3.0, 2.0], [3.0, 2.0])
+    write_report(root, docs)
+    names = ["report.md", "results.csv", next(p.name for p in docs.iterdir() if p.suffix == ".png")]
+    real_replace = os.replace
+    for name in names:
+        before = (docs / name).read_bytes()
+
+        def full_disk(source, destination, name=name):
+            if os.path.basename(destination) == name:
+                raise OSError(28, "No space left on device")
+            real_replace(source, destination)
+
+        monkeypatch.setattr(os, "replace", full_disk)
+        with pytest.raises(Exception, match="No space left"):
+            write_report(root, docs, title="Another title")
+        assert (docs / name).read_bytes() == before
+        assert not [p for p in docs.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert write_report(root, docs).read_text().startswith("# Another title")  # the kept title, now written

@@ -21,6 +21,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 
 from bioprop.experiments.runs import Run, mean_curve  # noqa: E402
 from bioprop.presets.paper import METHODS  # noqa: E402
+from bioprop.training.checkpoint import write_atomically  # noqa: E402
 
 COLORS = dict(zip(METHODS, plt.get_cmap("tab10").colors))
 
@@ -70,9 +71,12 @@ def _off_the_axes(label: str, values: list[float], top: float) -> str:
 
 
 def _save(fig, path: Path, dpi: int) -> Path:
-    """Writes ``fig`` to ``path`` (PNG) and closes it."""
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    """Writes ``fig`` to ``path`` (PNG, atomically: a crash mid-write leaves the previous file) and
+    closes it."""
+    try:
+        write_atomically(path, lambda stream: fig.savefig(stream, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

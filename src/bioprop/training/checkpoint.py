@@ -78,6 +78,16 @@ def save_json(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda stream: stream.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
+def save_text(text: str, path: Path) -> None:
+    _atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def write_atomically(path: Path, write) -> None:
+    """Calls ``write(stream)`` on a binary stream that becomes ``path`` only once it is complete
+    (a figure's ``savefig``, say)."""
+    _atomic_write(path, write)
+
+
 def save_jsonl(rows: list[dict], path: Path) -> None:
     _atomic_write(path, lambda stream: stream.write("".join(json.dumps(row) + "\n" for row in rows).encode()))
 
