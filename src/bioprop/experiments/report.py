@@ -119,9 +119,10 @@ def _commands_and_settings(source: Path, out: Path, given: dict) -> tuple[list[s
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
     kept = json.loads((out / RECORD).read_text()) if (out / RECORD).exists() else {}
     keys = KEPT if (out / EXPORT).is_dir() else ("note",)
-    settings = {key: next((value for value in (given.get(key), kept.get(key) if key in keys else None,
-                                               record.get(key) if key in keys else None) if value is not None), None)
-                for key in KEPT}
+    settings = {}
+    for key in KEPT:
+        sources = (given, kept, record) if key in keys else (given,)
+        settings[key] = next((found[key] for found in sources if found.get(key) is not None), None)
     if out.resolve() != source.resolve() or any(given.get(key) is not None for key in keys):
         save_json({"commands": record.get("commands", []),
                    **{key: settings[key] for key in keys if settings[key] is not None}}, out / RECORD)
