@@ -24,8 +24,6 @@ together; each section is a function that returns its Markdown lines (and writes
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shlex
 from datetime import datetime, timezone
@@ -44,7 +42,7 @@ from bioprop.experiments.reproduce import RECORD
 from bioprop.experiments.runs import EXPORT, Run, at_epochs, excluded, export_runs, group_runs, load_runs, stat
 from bioprop.presets import PRESETS
 from bioprop.presets.paper import FASHION_MLP_OTHER, FASHION_SOURCE, METHODS
-from bioprop.training.checkpoint import save_json, save_text
+from bioprop.training.checkpoint import save_csv, save_json, save_text
 
 DATASET_TITLES = {"mnist": "MNIST (Table 1a)", "fashion-mnist": "Fashion-MNIST (the Table 1a cells; no paper column)",
                   "cifar10": "CIFAR-10 (Table 1b)", "imagenet": "ImageNet (Table 2)"}
@@ -323,13 +321,9 @@ def _write_results_csv(rows: list[dict], out: Path) -> list[str]:
     """Writes ``out/results.csv`` and returns the report's line that links it (and ``runs/``, if there)."""
     if not rows:
         return []
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    save_text(table.getvalue(), out / "results.csv")
+    save_csv(rows, list(rows[0]), out / "results.csv")
     return ["Per-run numbers: [`results.csv`](results.csv)"
-            + ("; every epoch of every run: [`runs/`](runs/)." if (out / "runs").is_dir() else "."), ""]
+            + ("; every epoch of every run: [`runs/`](runs/)." if (out / EXPORT).is_dir() else "."), ""]
 
 
 # -- the report ------------------------------------------------------------------------------------

@@ -11,9 +11,7 @@ one row per run of these tables.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from bioprop.experiments.reproduce import ADAM_FIELDS, PAPER_PROTOCOL
 from bioprop.experiments.runs import Run, epochs_run, seeds_cell, stat
 from bioprop.presets import PRESETS, sort_key
 from bioprop.rules import RULES
-from bioprop.training.checkpoint import save_text
+from bioprop.training.checkpoint import save_csv
 
 NUMBERS = ("test_error_at_best_val", "best_test_error", "final_train_error", "final_test_error", "best_val_error")
 CSV_NAME = "variants.csv"
@@ -93,15 +91,11 @@ def _table(folders: dict[str, list[Run]], plain: list[Run]) -> list[str]:
 
 def _write_csv(runs: list[Run], path: Path) -> None:
     keys = list(dict.fromkeys(key for run in runs for key in run.variant))
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=["folder", "preset", *keys, "seed", "status", "epochs", "budget",
-                                               *NUMBERS])
-    writer.writeheader()
-    for run in runs:
-        writer.writerow({"folder": run.folder, "preset": run.preset, **{k: run.variant.get(k, "") for k in keys},
-                         "seed": run.seed, "status": run.state, "epochs": run.summary["epochs"],
-                         "budget": run.budget, **{k: run.summary.get(k) for k in NUMBERS}})
-    save_text(table.getvalue(), path)
+    fields = ["folder", "preset", *keys, "seed", "status", "epochs", "budget", *NUMBERS]
+    rows = [{"folder": run.folder, "preset": run.preset, **{k: run.variant.get(k, "") for k in keys},
+             "seed": run.seed, "status": run.state, "epochs": run.summary["epochs"],
+             "budget": run.budget, **{k: run.summary.get(k) for k in NUMBERS}} for run in runs]
+    save_csv(rows, fields, path)
 
 
 def variants_section(runs: list[Run], out: Path) -> list[str]:

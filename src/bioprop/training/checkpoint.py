@@ -8,6 +8,8 @@ user's group (or everyone) exactly as their umask says.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -20,7 +22,9 @@ import torch
 from bioprop.errors import BiopropError
 
 
-def _atomic_write(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
+    """Calls ``write(stream)`` on a binary stream that becomes ``path`` only once it is complete
+    (``torch.save``, a figure's ``savefig``, ...)."""
     path = Path(path)
     try:
         _write_replace(path, write)
@@ -71,25 +75,27 @@ def _write_replace(path: Path, write) -> None:
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda stream: torch.save(obj, stream))
+    write_atomically(path, lambda stream: torch.save(obj, stream))
 
 
 def save_json(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda stream: stream.write((json.dumps(obj, indent=2) + "\n").encode()))
+    write_atomically(path, lambda stream: stream.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def save_text(text: str, path: Path) -> None:
-    _atomic_write(path, lambda stream: stream.write(text.encode()))
+    write_atomically(path, lambda stream: stream.write(text.encode()))
 
 
-def write_atomically(path: Path, write) -> None:
-    """Calls ``write(stream)`` on a binary stream that becomes ``path`` only once it is complete
-    (a figure's ``savefig``, say)."""
-    _atomic_write(path, write)
+def save_csv(rows: list[dict], fieldnames: list[str], path: Path) -> None:
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    save_text(table.getvalue(), path)
 
 
 def save_jsonl(rows: list[dict], path: Path) -> None:
-    _atomic_write(path, lambda stream: stream.write("".join(json.dumps(row) + "\n" for row in rows).encode()))
+    write_atomically(path, lambda stream: stream.write("".join(json.dumps(row) + "\n" for row in rows).encode()))
 
 
 def load_torch(path: Path) -> Any:
